@@ -1,0 +1,1 @@
+"""synthcp3d.alarms"""
