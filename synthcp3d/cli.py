@@ -16,7 +16,8 @@ def _cmd_phantom_pancreas(args: argparse.Namespace) -> int:
     from synthcp3d.data.phantom_pancreas import make_pancreas_dataset
 
     root = make_pancreas_dataset(
-        args.out, num_cases=args.cases, size=tuple(args.size), seed=args.seed, num_test=args.test_cases
+        args.out, num_cases=args.cases, size=tuple(args.size), seed=args.seed, num_test=args.test_cases,
+        field_of_view_mm=None if args.fov is None else tuple(args.fov), roi_center=args.roi_center,
     )
     print(f"wrote MSD Task07-style pancreas phantom: {root / 'dataset.json'}")
     return 0
@@ -59,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     pan.add_argument("--test-cases", type=int, default=None, help="number of test cases (default cases//4)")
     pan.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"), default=(96, 96, 48),
                      help="volume size in voxels (default 96 96 48)")
+    pan.add_argument("--fov", type=float, nargs=3, metavar=("FX", "FY", "FZ"), default=None,
+                     help="field of view in mm (default: a whole abdomen, ~0.7-0.9 mm x 1.5-3 mm voxels at 512x512x90)")
+    pan.add_argument("--roi-center", choices=("body", "pancreas"), default="body",
+                     help="centre the grid on the body or on the pancreas (a coarse-stage region of interest)")
     pan.add_argument("--seed", type=int, default=0, help="random seed; equal seeds give equal files")
     pan.set_defaults(func=_cmd_phantom_pancreas)
 

@@ -1,1 +1,5 @@
-"""synthcp3d.data"""
+"""synthcp3d.data: phantoms, dataset loaders and transforms (submodules are imported on first access)."""
+
+from synthcp3d._lazy import lazy_submodules
+
+__getattr__ = lazy_submodules(__name__)

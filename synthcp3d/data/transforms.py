@@ -19,7 +19,7 @@ def _base(keys: Sequence[str], pixdim: Sequence[float], hu_window: Sequence[floa
     return [
         mt.LoadImaged(keys=list(keys), image_only=False),
         mt.EnsureChannelFirstd(keys=list(keys)),
-        mt.Orientationd(keys=list(keys), axcodes="RAS"),
+        mt.Orientationd(keys=list(keys), axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         mt.Spacingd(keys=list(keys), pixdim=tuple(pixdim), mode=modes[: len(keys)]),
         mt.ScaleIntensityRanged(keys="image", a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0,
                                 clip=True),

@@ -1,1 +1,5 @@
-"""synthcp3d.reports"""
+"""synthcp3d.reports (submodules are imported on first access)."""
+
+from synthcp3d._lazy import lazy_submodules
+
+__getattr__ = lazy_submodules(__name__)
