@@ -22,6 +22,11 @@ def init_distributed() -> torch.device:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
+    # ignite builds its own process group (a collective) on first use of ignite.distributed; doing it here
+    # on every rank at once avoids a deadlock when only some ranks touch it later (e.g. rank-0 handlers).
+    import ignite.distributed as idist
+
+    idist.sync()
     return local_device()
 
 

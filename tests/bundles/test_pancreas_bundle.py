@@ -1,0 +1,56 @@
+import json
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from .conftest import FAST, PANCREAS_BUNDLE, SCHEMA, bundle_cmd, run
+
+MONAI = (sys.executable, "-m", "monai.bundle")
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason="MONAI's metadata schema is kept in ../shared/monai")
+def test_verify_metadata():
+    r = run([*MONAI, "verify_metadata", "--meta_file", str(PANCREAS_BUNDLE / "configs/metadata.json"),
+             "--filepath", str(SCHEMA)])  # fmt: skip
+    assert "metadata is verified with no error" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("profile", ["tiny", "paper"])
+def test_verify_segmenter_in_out(profile):
+    configs = [str(PANCREAS_BUNDLE / "configs" / c) for c in ("common.json", f"profiles/{profile}.json")]
+    r = run([*MONAI, "verify_net_in_out", "network_def", "--meta_file", str(PANCREAS_BUNDLE / "configs/metadata.json"),
+             "--config_file", json.dumps(configs)])  # fmt: skip
+    assert "verified with no error" in r.stdout + r.stderr
+
+
+def test_crossval_config_end_to_end(pancreas_roi, tmp_path):
+    run(bundle_cmd(["common.json", "profiles/tiny.json", "crossval.json"], dataset_dir=str(pancreas_roi),
+                   output_dir=str(tmp_path), **FAST))  # fmt: skip
+    index = json.loads((tmp_path / "segmenter/predictions/index.json").read_text())
+    assert sorted(k for k, v in index.items() if v["split"] == "cv") == [f"pancreas_00{i}" for i in range(1, 7)]
+    assert sorted(k for k, v in index.items() if v["split"] == "test") == ["pancreas_007", "pancreas_008"]
+    for rec in index.values():
+        img, pred = nib.load(rec["image"]), nib.load(rec["pred"])
+        assert img.shape == pred.shape
+        np.testing.assert_allclose(img.affine, pred.affine, atol=1e-4)
+    folds = json.loads((tmp_path / "segmenter/folds.json").read_text())
+    assert folds["num_folds"] == 2 and sum(len(f) for f in folds["folds"]) == 6
+
+
+def test_ddp_two_cpu_processes(pancreas_roi, tmp_path):
+    """torchrun with the multi_gpu_train.json overlay: two gloo processes train one segmenter."""
+    runner = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+              "monai.bundle")  # fmt: skip
+    cmd = bundle_cmd(["common.json", "profiles/tiny.json", "train_segmenter.json", "multi_gpu_train.json"],
+                     runner=runner, dataset_dir=str(pancreas_roi), output_dir=str(tmp_path), **FAST)  # fmt: skip
+    r = run(cmd)
+    ckpt = tmp_path / "segmenter/single/models/checkpoint_final.pt"
+    assert ckpt.is_file(), r.stdout[-2000:]
+    import torch
+
+    state = torch.load(ckpt, weights_only=True)
+    # 3 training cases x 1 crop sharded over 2 ranks (padded to 2 each), batch 2: one iteration per rank
+    assert state["trainer"]["iteration"] == 1
+    assert not any(k.startswith("module.") for k in state["network"])
