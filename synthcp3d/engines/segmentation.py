@@ -129,21 +129,25 @@ def train_segmenter(
                                 output_transform=from_engine(["loss"], first=True)),
     ]  # fmt: skip
     evaluator = None
-    if val_items and main:
+    if val_items:
+        # every rank validates its shard with the plain (non-DDP) network, whose forward holds no collective;
+        # MeanDice gathers the shards' results across ranks.
         post = mt.Compose([mt.AsDiscreted(keys=["pred", "label"], argmax=(True, False),
                                           to_onehot=(num_classes, num_classes))])  # fmt: skip
         val_ds = Dataset(list(val_items), ct_inference_transforms(pixdim, hu_window, with_label=True))
+        val_sampler = distributed_sampler(val_ds, shuffle=False) if distributed else None
+        val_handlers = [StatsHandler(iteration_log=False),
+                        TensorBoardStatsHandler(log_dir=str(out_dir / "tb"), iteration_log=False)] if main else []
         evaluator = SupervisedEvaluator(
             device=device,
-            val_data_loader=DataLoader(val_ds, batch_size=1, num_workers=num_workers),
+            val_data_loader=DataLoader(val_ds, batch_size=1, sampler=val_sampler, num_workers=num_workers),
             network=network,
             inferer=AutocastInferer(SlidingWindowInferer(tuple(roi_size), sw_batch_size=2, overlap=0.25,
                                                          mode="gaussian"), dtype=amp_dtype),  # fmt: skip
             postprocessing=post,
             key_val_metric={"val_mean_dice": MeanDice(include_background=False,
                                                       output_transform=from_engine(["pred", "label"]))},
-            val_handlers=[StatsHandler(iteration_log=False),
-                          TensorBoardStatsHandler(log_dir=str(out_dir / "tb"), iteration_log=False)],
+            val_handlers=val_handlers,
         )  # fmt: skip
         handlers.append(ValidationHandler(validator=evaluator, interval=val_interval, epoch_level=True))
     trainer = SupervisedTrainer(
