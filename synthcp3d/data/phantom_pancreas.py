@@ -110,8 +110,8 @@ def sample_case(
     lesions = []
     for _ in range(2 if rng.random() < 0.25 else 1):
         r = float(np.exp(rng.uniform(np.log(3.0), np.log(22.0))))  # log-uniform 3-22 mm
-        band = int(rng.integers(0, 3))  # nearly invisible / subtle / obvious
-        contrast = float(rng.uniform(*[(5, 20), (20, 45), (45, 85)][band]))
+        band = int(rng.choice(3, p=[0.2, 0.3, 0.5]))  # nearly invisible / subtle / obvious
+        contrast = float(rng.uniform(*[(5, 20), (20, 50), (50, 110)][band]))
         lesions.append(
             Lesion(
                 t=float(rng.uniform(0.0, 1.0)),
@@ -146,7 +146,7 @@ def sample_case(
         pancreas_radius_mm=(float(rng.uniform(11, 16)), float(rng.uniform(7, 11)), float(rng.uniform(6, 10))),
         lobulation=float(rng.uniform(0.1, 0.45)),
         lesions=lesions,
-        noise_hu=float(rng.uniform(8, 22)),
+        noise_hu=float(rng.uniform(6, 18)),
         blur_mm=(float(rng.uniform(0.4, 1.0)), float(rng.uniform(0.4, 1.0)), float(rng.uniform(1.0, 2.5))),
         texture_seed=int(rng.integers(0, 2**31 - 1)),
     )
@@ -297,7 +297,7 @@ def render_case(case: PancreasCase) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     img[sv_box][sv_dist < 3.5] = hu["splenic_vein"]
 
     sub = img[box]
-    fat_pockets = (_smooth_noise(rng, dist.shape, sp, 2.0) > 1.6 - 1.5 * case.lobulation) & panc
+    fat_pockets = (_smooth_noise(rng, dist.shape, sp, 2.0) > 2.0 - 1.5 * case.lobulation) & panc
     sub[panc] = hu["pancreas"] + 8.0 * texture[box][panc]
     sub[fat_pockets] = hu["fat"] * 0.5
     label[box][panc] = 1

@@ -38,10 +38,11 @@ from monai.losses import DiceCELoss
 from synthcp3d.data.io import atomic_write_text
 from synthcp3d.data.phantom_pancreas import write_nifti
 from synthcp3d.data.transforms import ct_inference_transforms, ct_train_transforms
+from synthcp3d.engines.checkpoints import latest_checkpoint
 from synthcp3d.engines.distributed import distributed_sampler, is_main_process, unwrap, wrap_ddp
 from synthcp3d.engines.inferers import AutocastInferer
 
-__all__ = ["PREDICTION_LAYOUT", "cross_validate", "fold_split", "latest_checkpoint", "predict_volumes",
+__all__ = ["PREDICTION_LAYOUT", "cross_validate", "fold_split", "predict_volumes",
            "train_segmenter"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -66,12 +67,6 @@ def fold_split(case_ids: Sequence[str], num_folds: int = 4, seed: int = 0) -> li
         raise ValueError(f"num_folds must be in [2, {len(case_ids)}] for {len(case_ids)} cases, got {num_folds}")
     order = np.random.default_rng(seed).permutation(len(case_ids))
     return [[case_ids[i] for i in block] for block in np.array_split(order, num_folds)]
-
-
-def latest_checkpoint(model_dir: str | Path) -> Path | None:
-    """The most recently written ``checkpoint_*.pt`` in ``model_dir`` (None if there is none)."""
-    found = sorted(Path(model_dir).glob("checkpoint_*.pt"), key=lambda p: p.stat().st_mtime_ns)
-    return found[-1] if found else None
 
 
 def train_segmenter(

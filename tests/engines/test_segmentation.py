@@ -68,9 +68,9 @@ def test_predictions_overlay_their_inputs(roi_root, tmp_path):
 def test_cross_validation_predicts_every_case_once(roi_root, tmp_path):
     train, test = msd_datalist(roi_root), msd_datalist(roi_root, "test")
     kw = {k: v for k, v in TINY.items() if k != "progress"}
+    predict = dict(roi_size=(16, 16, 16), pixdim=(4.0, 4.0, 5.0), progress=False)
     index = cross_validate(tiny_net, train, test, tmp_path, num_folds=2, fold_seed=5,
-                           train_kwargs=dict(max_epochs=1, progress=False, **kw),
-                           predict_kwargs=dict(roi_size=(16, 16, 16), pixdim=(4.0, 4.0, 5.0), progress=False))  # fmt: skip
+                           train_kwargs=dict(max_epochs=1, progress=False, **kw), predict_kwargs=predict)
     folds = json.loads((tmp_path / "folds.json").read_text())
     assert folds["folds"] == fold_split(sorted(i["case_id"] for i in train), 2, 5)
     assert json.loads((tmp_path / "predictions" / "index.json").read_text()) == index

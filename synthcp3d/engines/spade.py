@@ -1,0 +1,465 @@
+"""SPADE image-synthesis module (paper section 3.1) for 3D CT: label -> volume cGAN training on patches and
+whole-volume synthesis ``x̂ = G(ŷ)`` from predicted label maps.
+
+* :func:`train_spade` — hinge GAN + discriminator feature matching on ground-truth (label, image) pairs,
+  TTUR Adam as in SPADE, on label-balanced TorchIO patches; checkpoints (resumed from the newest),
+  TensorBoard losses and sample slices, a progress bar, optional DDP.
+* :func:`synthesize_volumes` — sliding-window synthesis from each prediction NIfTI, mapped back to HU and
+  inverted onto the prediction's own grid: ``<out_dir>/<case_id>/synth.nii.gz``.
+
+A 3D GAN does not fit whole volumes into memory, so training uses patches: every case is preprocessed once
+with MONAI (:func:`~synthcp3d.data.transforms.ct_inference_transforms`), wrapped in a TorchIO ``Subject``,
+and a ``tio.Queue`` with a ``tio.LabelSampler`` draws patches centred on background / pancreas / tumour
+with ``label_probabilities``, so the rare tumour is seen often.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchio as tio
+from ignite.engine import Engine, Events
+from monai import transforms as mt
+from monai.data import MetaTensor
+from monai.handlers import CheckpointLoader, CheckpointSaver, TensorBoardStatsHandler
+from monai.inferers import SlidingWindowInferer
+
+from synthcp3d.data.phantom_pancreas import write_nifti
+from synthcp3d.data.transforms import ct_inference_transforms
+from synthcp3d.engines.checkpoints import latest_checkpoint
+from synthcp3d.engines.distributed import distributed_sampler, is_main_process, unwrap, wrap_ddp
+from synthcp3d.engines.inferers import AutocastInferer, autocast_context, to_channels_last
+from synthcp3d.losses.gan import (
+    PerceptualTerm,
+    discriminator_hinge_loss,
+    feature_matching_loss,
+    generator_hinge_loss,
+)
+
+__all__ = ["SPADE_LAYOUT", "make_patch_queue", "spade_step", "synthesize_volumes", "train_spade"]
+
+logger = logging.getLogger(__name__)
+
+SPADE_LAYOUT = """\
+<out>/models/checkpoint_iteration=N.pt   generator, discriminator, opt_g, opt_d, engine (every checkpoint_every)
+<out>/models/checkpoint_final.pt         the same at the end of a run or when it was interrupted
+<out>/models/generator.pt                final generator weights (state dict)
+<out>/tb/                                TensorBoard: g/d losses, middle slice label | real | fake
+<synth_out>/<case_id>/synth.nii.gz       float32 HU volume on the prediction's (= the input image's) grid
+"""
+
+_LOSS_KEYS = ("loss_g", "loss_d", "g_adv", "g_fm", "g_l1", "g_perceptual")
+
+
+def _one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``label`` (B, 1, *S) integer-valued -> float one-hot (B, num_classes, *S); ValueError on bad values."""
+    lab = label.long()[:, 0]
+    if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
+        raise ValueError(f"label values {int(lab.min())}..{int(lab.max())} outside [0, {num_classes - 1}]")
+    return F.one_hot(lab, num_classes).movedim(-1, 1).float()
+
+
+def _check_roi(generator: torch.nn.Module, roi: Sequence[int], what: str) -> tuple[int, ...] | None:
+    """The generator's seed shape for input ``roi`` (None if it has no ``seed_shape``); clear ValueError if
+    ``roi`` is not divisible by its total upsampling factor."""
+    seed_shape = getattr(unwrap(generator), "seed_shape", None)
+    if seed_shape is None:
+        return None
+    try:
+        return tuple(seed_shape(tuple(roi)))
+    except ValueError as e:
+        raise ValueError(f"{what} {tuple(roi)} does not fit the generator: {e}") from None
+
+
+def make_patch_queue(
+    items: Sequence[Mapping],
+    patch_size: Sequence[int],
+    *,
+    pixdim: Sequence[float] = (2.0, 2.0, 2.5),
+    hu_window: Sequence[float] = (-87.0, 199.0),
+    label_probabilities: Mapping[int, float] | None = None,
+    samples_per_volume: int = 8,
+    queue_length: int = 64,
+    distributed: bool = False,
+) -> tio.Queue:
+    """Preprocess each case once (MONAI: RAS, ``pixdim``, HU window) and build a label-balanced patch queue.
+
+    Volumes smaller than ``patch_size`` are padded (image at the window's lower end, label background).
+
+    Args:
+        items: ``[{"image": path, "label": path, ...}]`` (a MONAI datalist).
+        patch_size: patch shape ``(X, Y, Z)`` in voxels at ``pixdim``.
+        label_probabilities: class -> relative probability of a patch centred on that class
+            (default ``{0: 1, 1: 2, 2: 3}``: background, pancreas, tumour).
+        samples_per_volume: patches drawn per visit of a case.
+        queue_length: patches held in memory.
+        distributed: shard cases across DDP ranks (``subject_sampler``).
+
+    Returns:
+        A ``tio.Queue`` of ``Subject`` patches: ``image`` (1, *patch) in [-1, 1], ``label`` (1, *patch) int.
+    """
+    pre = mt.Compose([ct_inference_transforms(pixdim, hu_window, with_label=True),
+                      mt.SpatialPadd(keys=["image", "label"], spatial_size=tuple(patch_size))])  # fmt: skip
+    subjects = []
+    for item in items:
+        data = pre({"image": item["image"], "label": item["label"]})
+        affine = np.asarray(data["image"].affine, dtype=np.float64)
+        subjects.append(tio.Subject(
+            image=tio.ScalarImage(tensor=data["image"].as_tensor().float() * 2 - 1, affine=affine),
+            label=tio.LabelMap(tensor=data["label"].as_tensor().round().to(torch.int64), affine=affine),
+            case_id=str(item.get("case_id", item["image"])),
+        ))  # fmt: skip
+    dataset = tio.SubjectsDataset(subjects)
+    probs = dict(label_probabilities) if label_probabilities is not None else {0: 1, 1: 2, 2: 3}
+    sampler = distributed_sampler(dataset) if distributed else None
+    return tio.Queue(dataset, max_length=queue_length, samples_per_volume=samples_per_volume,
+                     sampler=tio.LabelSampler(tuple(patch_size), label_name="label", label_probabilities=probs),
+                     subject_sampler=sampler, shuffle_subjects=sampler is None, num_workers=0)  # fmt: skip
+
+
+def _forever(loader: Iterator, sampler) -> Iterator:
+    epoch = 0
+    while True:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _finite_step(opt: torch.optim.Optimizer) -> bool:
+    """``opt.step()`` unless some gradient is non-finite (then the grads are dropped and False returned).
+
+    A guard, as ``GradScaler`` has for fp16: PyTorch 2.13's CPU bf16 conv3d weight gradient is randomly NaN
+    when a spatial axis is 2 (measured: a 64-channel 3^3 conv on a 2x2x2 map, ~1 in 5 backward passes), which
+    a generator seed of that size hits. Under DDP the all-reduced grads agree, so all ranks skip together.
+    """
+    params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    if not torch.isfinite(torch.nn.utils.clip_grad_norm_(params, float("inf"))):
+        opt.zero_grad(set_to_none=True)
+        return False
+    opt.step()
+    return True
+
+
+def spade_step(
+    generator: torch.nn.Module,
+    discriminator: torch.nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    seg: torch.Tensor,
+    real: torch.Tensor,
+    *,
+    lambda_fm: float = 10.0,
+    l1_weight: float = 0.0,
+    perceptual: PerceptualTerm | None = None,
+    lambda_perceptual: float = 10.0,
+    amp_dtype: str | None = "bfloat16",
+) -> tuple[dict[str, float], torch.Tensor]:
+    """One SPADE iteration: a generator update, then a discriminator update (NVlabs order).
+
+    Generator loss: hinge adversarial + ``lambda_fm`` x feature matching (+ ``l1_weight`` x L1(fake, real)
+    + ``lambda_perceptual`` x perceptual). Discriminator: hinge on (label, real) vs (label, fake) pairs,
+    evaluated in one concatenated forward (as NVlabs, and as DDP requires: one forward per backward).
+    The discriminator update reuses the fake of the generator update (detached) instead of a second
+    generator forward. Forwards run under ``torch.autocast(amp_dtype)``; losses are computed in fp32.
+
+    Args:
+        seg: one-hot labels (B, C, *S).
+        real: images (B, 1, *S) in [-1, 1].
+
+    Returns:
+        (scalar losses as floats plus ``skipped_g``/``skipped_d`` (1.0 if that update was skipped for
+        non-finite gradients, see :func:`_finite_step`), fake (B, 1, *S) detached).
+    """
+    ctx = lambda: autocast_context(seg.device, amp_dtype)  # noqa: E731
+    d_plain = not isinstance(discriminator, torch.nn.parallel.DistributedDataParallel)
+    generator.train()
+    discriminator.train()
+
+    # generator update (no D weight gradients; under DDP the flags must not change, so D grads are just zeroed)
+    if d_plain:
+        discriminator.requires_grad_(False)
+    with ctx():
+        fake = generator(seg)
+        fake_logits, fake_feats = discriminator(seg, fake)
+    with torch.no_grad(), ctx():
+        _, real_feats = discriminator(seg, real)
+    g_adv = generator_hinge_loss([o.float() for o in fake_logits])
+    g_fm = feature_matching_loss(fake_feats, real_feats)
+    loss_g = g_adv + lambda_fm * g_fm
+    g_l1 = F.l1_loss(fake.float(), real.float()) if l1_weight > 0 else fake.new_zeros((), dtype=torch.float32)
+    g_perc = perceptual(fake.float(), real.float()) if perceptual is not None else torch.zeros_like(g_l1)
+    loss_g = loss_g + l1_weight * g_l1 + lambda_perceptual * g_perc
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    skipped_g = not _finite_step(opt_g)
+    if d_plain:
+        discriminator.requires_grad_(True)
+
+    # discriminator update on the concatenated (fake, real) batch
+    fake = fake.detach()
+    b = seg.shape[0]
+    with ctx():
+        logits, _ = discriminator(torch.cat([seg, seg]), torch.cat([fake.to(real.dtype), real]))
+    loss_d = discriminator_hinge_loss([o[b:].float() for o in logits], [o[:b].float() for o in logits])
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    skipped_d = not _finite_step(opt_d)
+    losses = {"loss_g": loss_g, "loss_d": loss_d, "g_adv": g_adv, "g_fm": g_fm, "g_l1": g_l1, "g_perceptual": g_perc}
+    out = {k: float(v.detach()) for k, v in losses.items()}
+    return {**out, "skipped_g": float(skipped_g), "skipped_d": float(skipped_d)}, fake
+
+
+def _sample_image(seg: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Middle axial slice of the first patch: label | real | fake side by side, (1, X, 3Y) in [0, 1]."""
+    z = real.shape[-1] // 2
+    lab = seg[0, :, :, :, z].argmax(0).float() / max(seg.shape[1] - 1, 1)
+    img = [(t[0, 0, :, :, z].float().clamp(-1, 1) + 1) / 2 for t in (real, fake)]
+    return torch.cat([lab, *img], dim=1)[None].cpu()
+
+
+def train_spade(
+    generator: torch.nn.Module,
+    discriminator: torch.nn.Module,
+    train_items: Sequence[Mapping],
+    out_dir: str | Path,
+    *,
+    iterations: int,
+    patch_size: Sequence[int],
+    batch_size: int = 1,
+    lr_g: float = 1e-4,
+    lr_d: float = 4e-4,
+    betas: tuple[float, float] = (0.0, 0.9),
+    lambda_fm: float = 10.0,
+    l1_weight: float = 0.0,
+    perceptual: str | os.PathLike | PerceptualTerm | None = None,
+    lambda_perceptual: float = 10.0,
+    num_classes: int = 3,
+    pixdim: Sequence[float] = (2.0, 2.0, 2.5),
+    hu_window: Sequence[float] = (-87.0, 199.0),
+    label_probabilities: Mapping[int, float] | None = None,
+    samples_per_volume: int = 8,
+    queue_length: int = 64,
+    amp_dtype: str | None = "bfloat16",
+    device: str | torch.device = "cpu",
+    resume: bool = True,
+    progress: bool = True,
+    log_every: int = 50,
+    checkpoint_every: int = 200,
+    distributed: bool = False,
+) -> dict:
+    """Train the label -> CT cGAN on ground-truth (label, image) patches (paper section 3.1).
+
+    The paper profile is SPADE's: hinge GAN + ``lambda_fm=10`` feature matching, TTUR Adam ``lr_g=1e-4``,
+    ``lr_d=4e-4``, ``betas=(0, 0.9)``, no L1. ``l1_weight > 0`` adds an L1 reconstruction term, which is
+    not in the paper: a small CPU profile (minutes, not days) uses it (e.g. 10) so the generator gives
+    usable intensities early. ``perceptual``: a :class:`PerceptualTerm` or the path of local feature-network
+    weights (nothing is downloaded); off by default.
+
+    Engine: a plain ignite ``Engine`` running :func:`spade_step`. MONAI's ``AdversarialTrainer`` does not fit:
+    it treats the generator input as the "real" sample, gives the discriminator no condition, has no
+    feature matching, and autocasts only on CUDA (here bf16 autocast runs on the CPU as well).
+
+    Checkpoints (generator, discriminator, both optimizers, engine state) go to ``out_dir/models`` every
+    ``checkpoint_every`` iterations and at the end or on an exception (``checkpoint_final.pt``); with
+    ``resume`` the newest is loaded and training continues from its iteration up to ``iterations`` (a
+    total, not an increment). Files: :data:`SPADE_LAYOUT`. With ``distributed`` (under ``torchrun``) both
+    networks are DDP-wrapped, cases are sharded across ranks and only rank 0 writes.
+
+    Args:
+        generator: e.g. :class:`~synthcp3d.networks.SPADEGenerator` ``(B, num_classes, *P) -> (B, 1, *P)``.
+        discriminator: e.g. :class:`~synthcp3d.networks.ConditionalDiscriminator` ``(seg, image)``.
+        train_items: MONAI datalist ``[{"image", "label", "case_id"}]``.
+        iterations: total training iterations (one G and one D update each).
+        patch_size: patch ``(X, Y, Z)``; must be divisible by the generator's total upsampling factor.
+        batch_size: patches per iteration.
+        label_probabilities: patch-centre class probabilities (default ``{0: 1, 1: 2, 2: 3}``).
+        samples_per_volume, queue_length: TorchIO queue settings.
+        amp_dtype: autocast dtype (``"bfloat16"`` or ``None`` for fp32); inputs are channels-last.
+        log_every: TensorBoard scalars and a sample slice every so many iterations.
+
+    Returns:
+        ``{"generator": path of generator.pt, "iterations": final iteration, "start_iteration": iteration
+        resumed from (0 for a fresh run), "losses": last step's losses, "checkpoint": newest checkpoint}``.
+    """
+    if amp_dtype not in (None, "bfloat16", torch.bfloat16):
+        raise ValueError(f"amp_dtype must be 'bfloat16' or None (fp16 would need a GradScaler), got {amp_dtype!r}")
+    seed = _check_roi(generator, patch_size, "patch_size")
+    if amp_dtype is not None and seed is not None and min(seed) <= 2:
+        logger.warning("generator seed %s has an axis <= 2: CPU bf16 conv3d gradients are then randomly NaN "
+                       "(such updates are skipped); use a larger patch or fewer upsamplings", seed)  # fmt: skip
+    if hasattr(unwrap(discriminator), "check_shape"):
+        unwrap(discriminator).check_shape(tuple(patch_size))
+    out_dir = Path(out_dir)
+    model_dir = out_dir / "models"
+    main = is_main_process()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    generator, discriminator = generator.to(device), discriminator.to(device)
+    if distributed and device.type == "cuda":
+        generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)  # NVlabs: synchronised batch norm
+    net_g = wrap_ddp(generator, device) if distributed else generator
+    net_d = wrap_ddp(discriminator, device) if distributed else discriminator
+    opt_g = torch.optim.Adam(net_g.parameters(), lr=lr_g, betas=(float(betas[0]), float(betas[1])))
+    opt_d = torch.optim.Adam(net_d.parameters(), lr=lr_d, betas=(float(betas[0]), float(betas[1])))
+    if perceptual is not None and not isinstance(perceptual, PerceptualTerm):
+        perceptual = PerceptualTerm(weights=perceptual)
+    if perceptual is not None:
+        perceptual = perceptual.to(device) if perceptual.enabled else None
+
+    queue = make_patch_queue(train_items, patch_size, pixdim=pixdim, hu_window=hu_window,
+                             label_probabilities=label_probabilities, samples_per_volume=samples_per_volume,
+                             queue_length=queue_length, distributed=distributed)  # fmt: skip
+    loader = tio.SubjectsLoader(queue, batch_size=batch_size, num_workers=0, drop_last=True)
+    epoch_length = len(loader)
+    if epoch_length < 1:
+        raise ValueError(f"the patch queue yields {len(queue)} patches per pass, fewer than batch_size={batch_size}")
+
+    loss_kw = {
+        "lambda_fm": lambda_fm,
+        "l1_weight": l1_weight,
+        "perceptual": perceptual,
+        "lambda_perceptual": lambda_perceptual,
+        "amp_dtype": amp_dtype,
+    }
+
+    def step(engine: Engine, batch: dict) -> dict[str, float]:
+        seg = to_channels_last(_one_hot(batch["label"][tio.DATA], num_classes).to(device))
+        real = to_channels_last(batch["image"][tio.DATA].float().to(device))
+        losses, fake = spade_step(net_g, net_d, opt_g, opt_d, seg, real, **loss_kw)
+        if main and engine.state.iteration % log_every == 0:
+            engine.state.sample = _sample_image(seg, real, fake)
+        return losses
+
+    engine = Engine(step)
+    state = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d,
+             "engine": engine}  # fmt: skip
+    if main:
+        # first EXCEPTION_RAISED handler: an interrupted run still leaves checkpoint_final.pt
+        CheckpointSaver(save_dir=str(model_dir), save_dict=state, save_final=True, final_filename="checkpoint_final.pt",
+                        epoch_level=False, save_interval=checkpoint_every, n_saved=2).attach(engine)  # fmt: skip
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(out_dir / "tb"))
+        TensorBoardStatsHandler(summary_writer=writer, iteration_log=log_every, epoch_log=False,
+                                output_transform=lambda o: o).attach(engine)  # fmt: skip
+
+        @engine.on(Events.ITERATION_COMPLETED(every=log_every))
+        def _log_sample(e: Engine) -> None:
+            sample = getattr(e.state, "sample", None)
+            if sample is not None:
+                writer.add_image("samples/label_real_fake", sample, e.state.iteration)
+                e.state.sample = None
+
+        engine.add_event_handler(Events.COMPLETED, lambda _: writer.flush())
+        if progress:
+            from ignite.handlers import ProgressBar
+
+            ProgressBar(desc=f"spade {out_dir.name}", persist=False).attach(
+                engine, output_transform=lambda o: {"g": o["loss_g"], "d": o["loss_d"]}
+            )
+
+    ckpt = latest_checkpoint(model_dir) if resume else None
+    if ckpt is not None:
+        logger.info("resuming SPADE training from %s", ckpt)
+        # loaded now (not on STARTED) so the engine resumes: ignite keeps iteration and raises max_iters below
+        CheckpointLoader(load_path=str(ckpt), load_dict=state, map_location=device)(engine)
+        engine.state.epoch_length = epoch_length
+    start = int(engine.state.iteration)
+    if start < iterations:
+        engine.run(_forever(loader, queue.subject_sampler), max_iters=iterations, epoch_length=epoch_length)
+    last = dict(engine.state.output) if isinstance(engine.state.output, dict) else {}
+    if main:
+        torch.save(unwrap(generator).state_dict(), model_dir / "generator.pt")
+        writer.close()
+    newest = latest_checkpoint(model_dir)
+    return {"generator": str(model_dir / "generator.pt"), "iterations": int(engine.state.iteration),
+            "start_iteration": start, "losses": last, "checkpoint": str(newest) if newest else None}  # fmt: skip
+
+
+def _bilinear_inverse(ops: list) -> list:
+    """Copy of MONAI ``applied_operations`` whose resampling modes are bilinear: the label map was resampled
+    with nearest, but the synthesized intensities are inverted with (bi/tri)linear interpolation."""
+    ops = copy.deepcopy(ops)
+    for op in ops:
+        extra = op.get("extra_info") if isinstance(op, dict) else None
+        if isinstance(extra, dict) and "mode" in extra:
+            extra["mode"] = "bilinear"
+    return ops
+
+
+@torch.no_grad()
+def synthesize_volumes(
+    generator: torch.nn.Module,
+    index: Mapping[str, Mapping],
+    out_dir: str | Path,
+    *,
+    roi_size: Sequence[int],
+    num_classes: int = 3,
+    pixdim: Sequence[float] = (2.0, 2.0, 2.5),
+    hu_window: Sequence[float] = (-87.0, 199.0),
+    amp_dtype: str | None = "bfloat16",
+    overlap: float = 0.25,
+    sw_batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, str]:
+    """Synthesize ``x̂ = G(ŷ)`` for every predicted label map and save it in HU on the prediction's grid.
+
+    Each ``pred`` NIfTI is reoriented to RAS and resampled (nearest) to ``pixdim``, one-hot encoded,
+    passed through ``generator`` with a Gaussian-weighted ``SlidingWindowInferer(roi_size)`` under bf16
+    autocast, mapped from [-1, 1] to HU (``(y + 1) / 2 * (hi - lo) + lo``), inverted with MONAI ``Invertd``
+    (linear interpolation) onto the prediction's own grid and clipped to ``hu_window``. The generator runs
+    in eval mode (batch-norm running statistics).
+
+    Args:
+        generator: label -> image network ``(B, num_classes, *roi) -> (B, 1, *roi)`` in [-1, 1].
+        index: ``{case_id: {"pred": path, "image": path, ...}}``, e.g. the segmenter's ``predictions/index.json``.
+        out_dir: writes ``<out_dir>/<case_id>/synth.nii.gz`` (float32).
+        roi_size: sliding-window size; each axis must be divisible by the generator's total upsampling factor.
+
+    Returns:
+        ``{case_id: path of synth.nii.gz}``.
+
+    Raises:
+        ValueError: if ``roi_size`` does not fit the generator.
+    """
+    from tqdm.auto import tqdm
+
+    _check_roi(generator, roi_size, "roi_size")
+    device = torch.device(device)
+    generator = unwrap(generator).to(device).eval()
+    pre = mt.Compose([
+        mt.LoadImaged(keys="pred", image_only=False),
+        mt.EnsureChannelFirstd(keys="pred"),
+        mt.Orientationd(keys="pred", axcodes="RAS"),
+        mt.Spacingd(keys="pred", pixdim=tuple(pixdim), mode="nearest"),
+        mt.EnsureTyped(keys="pred", track_meta=True),
+    ])  # fmt: skip
+    invert = mt.Invertd(keys="synth", transform=pre, orig_keys="pred", nearest_interp=False, to_tensor=True)
+    inferer = AutocastInferer(SlidingWindowInferer(tuple(roi_size), sw_batch_size=sw_batch_size, overlap=overlap,
+                                                   mode="gaussian"), dtype=amp_dtype)  # fmt: skip
+    lo, hi = float(hu_window[0]), float(hu_window[1])
+    out = {}
+    for cid, rec in tqdm(sorted(index.items()), desc="synthesize", unit="case", disable=not progress):
+        data = pre({"pred": rec["pred"]})
+        seg = _one_hot(data["pred"].as_tensor()[None].round(), num_classes).to(device)
+        y = inferer(seg, generator)[0].float().clamp(-1, 1).cpu()
+        synth = (y + 1) / 2 * (hi - lo) + lo
+        data["synth"] = MetaTensor(
+            synth,
+            meta=copy.deepcopy(data["pred"].meta),
+            applied_operations=_bilinear_inverse(data["pred"].applied_operations),
+        )
+        synth = invert(data)["synth"]
+        path = Path(out_dir) / cid / "synth.nii.gz"
+        write_nifti(path, synth[0].numpy().clip(lo, hi).astype(np.float32), np.asarray(synth.affine, np.float64))
+        out[cid] = str(path)
+    return out

@@ -1,0 +1,208 @@
+"""Comparison module F (paper Sec. 3.2, Fig. 3): a siamese ResNet-18 on (x ⊕ proj(ŷ)) and (x̂ ⊕ proj(ŷ)) with a
+per-class score head and a voxel error-map head; plus the "Direct Prediction" ablation (no x̂ branch)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.layers import Conv, Pool
+from monai.networks.nets import resnet18
+
+__all__ = ["DirectPredictor", "SiameseComparator"]
+
+
+def _encoder(spatial_dims: int, in_channels: int, widen_factor: float) -> nn.Module:
+    # conv1_t_stride=2 (MONAI defaults to 1) makes the stem the standard ResNet-18 one: layer1..4 at /4../32.
+    # bias_downsample=False as in the standard ResNet: a conv bias right before BatchNorm gets no gradient.
+    return resnet18(
+        spatial_dims=spatial_dims,
+        n_input_channels=in_channels,
+        conv1_t_stride=2,
+        feed_forward=False,
+        widen_factor=widen_factor,
+        bias_downsample=False,
+    )
+
+
+def _pyramid(enc: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """layer1..layer4 outputs of a MONAI ResNet (at 1/4, 1/8, 1/16, 1/32 of the input)."""
+    x = enc.maxpool(enc.act(enc.bn1(enc.conv1(x))))
+    feats = []
+    for layer in (enc.layer1, enc.layer2, enc.layer3, enc.layer4):
+        x = layer(x)
+        feats.append(x)
+    return feats
+
+
+class _ComparatorBase(nn.Module):
+    """Shared body of :class:`SiameseComparator` and :class:`DirectPredictor`: projection of the segmentation,
+    one or two ResNet-18 encoders, per-level merge of the branches, and the two heads."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        num_classes: int,
+        num_branches: int,
+        shared_weights: bool,
+        score_head: bool,
+        error_head: bool,
+        proj_channels: int,
+        widen_factor: float,
+        fuse_channels: int,
+        hidden: int,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if not (score_head or error_head):
+            raise ValueError("at least one of score_head and error_head must be on.")
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.spatial_dims = spatial_dims
+        self.num_classes = num_classes
+        self.num_branches = num_branches
+        self.shared_weights = shared_weights
+        self.proj = conv(num_classes, proj_channels, kernel_size=1)
+        n_enc = 1 if shared_weights else num_branches
+        self.encoders = nn.ModuleList(
+            _encoder(spatial_dims, in_channels + proj_channels, widen_factor) for _ in range(n_enc)
+        )
+        widths = [int(c * widen_factor) for c in (64, 128, 256, 512)]
+        merge = 3 if num_branches == 2 else 1  # (f(x), f(x̂), |f(x) - f(x̂)|) or f(x)
+        self.score_head = None
+        if score_head:
+            self.score_head = nn.Sequential(
+                Pool[Pool.ADAPTIVEAVG, spatial_dims](1),
+                nn.Flatten(),
+                nn.Linear(merge * widths[3], hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(hidden, num_classes),
+            )
+        self.error_lateral = None
+        if error_head:
+            self.error_lateral = nn.ModuleList(conv(merge * w, fuse_channels, kernel_size=1) for w in widths)
+            self.error_out = nn.Sequential(
+                nn.ReLU(inplace=True),
+                conv(fuse_channels, fuse_channels, kernel_size=3, padding=1),
+                nn.ReLU(inplace=True),
+                conv(fuse_channels, 1, kernel_size=1),
+            )
+
+    def _check(self, seg: torch.Tensor, *images: torch.Tensor) -> None:
+        if seg.ndim != self.spatial_dims + 2 or seg.shape[1] != self.num_classes:
+            raise ValueError(f"seg must be (B, {self.num_classes}, *{self.spatial_dims} dims), got {tuple(seg.shape)}.")
+        for im in images:
+            if im.shape[0] != seg.shape[0] or im.shape[2:] != seg.shape[2:]:
+                raise ValueError(f"image {tuple(im.shape)} does not match seg {tuple(seg.shape)}.")
+
+    def _run(self, images: list[torch.Tensor], seg: torch.Tensor) -> dict[str, torch.Tensor]:
+        p = self.proj(seg)
+        pyramids = [
+            _pyramid(self.encoders[0 if self.shared_weights else i], torch.cat([im.to(p.dtype), p], dim=1))
+            for i, im in enumerate(images)
+        ]
+        if len(pyramids) == 2:
+            levels = [torch.cat([a, b, (a - b).abs()], dim=1) for a, b in zip(*pyramids, strict=True)]
+        else:
+            levels = pyramids[0]
+        out: dict[str, torch.Tensor] = {}
+        if self.score_head is not None:
+            out["scores"] = torch.sigmoid(self.score_head(levels[-1]))
+        if self.error_lateral is not None:
+            mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+            size = levels[0].shape[2:]
+            fused = self.error_lateral[0](levels[0])
+            for lat, f in zip(self.error_lateral[1:], levels[1:], strict=True):
+                fused = fused + F.interpolate(lat(f), size=size, mode=mode, align_corners=False)
+            logits = self.error_out(fused)
+            out["error_logits"] = F.interpolate(logits, size=seg.shape[2:], mode=mode, align_corners=False)
+        return out
+
+
+class SiameseComparator(_ComparatorBase):
+    """SynthCP comparison network F(x, x̂, ŷ) (paper eq. 5, Fig. 3), dims-generic.
+
+    Each branch encodes ``image ⊕ proj(seg)`` with MONAI :func:`~monai.networks.nets.resnet18`
+    (``conv1_t_stride=2``: the standard ResNet-18 stem; MONAI's default stride 1 runs every stage at twice
+    the resolution). ``proj`` is a 1^d conv from the class probabilities to ``proj_channels``. The
+    branches' layer1..4 maps are merged per level as (f(x), f(x̂), |f(x) - f(x̂)|). Heads:
+
+    - score head: global average pool of the merged layer4 -> MLP -> sigmoid: per-class score in [0, 1]
+      (IoU in 2D, Dice in 3D; eq. 6);
+    - error head: 1^d lateral convs on the four merged levels, upsampled (linearly) to layer1 resolution
+      (1/4) and summed, a 3^d conv, a 1^d conv to one channel, upsampled (linear) to the input size:
+      error-map *logits* (eq. 7; apply sigmoid for the map, train with BCE-with-logits).
+
+    No ImageNet weights (the paper's are 2D RGB ImageNet ones, and nothing is downloaded): trained from
+    scratch.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: image channels.
+        num_classes: classes of the segmentation (channels of ``seg``).
+        shared_weights: one encoder for both branches (paper text) or two (the official code).
+        score_head: predict per-class scores. ``False`` with ``error_head`` = "separate" training of the map.
+        error_head: predict the error map.
+        proj_channels: channels of the projected segmentation concatenated to each image.
+        widen_factor: ResNet width multiplier (1.0: 64..512 channels; 0.25 for tiny CPU tests).
+        fuse_channels: channels of the error head.
+        hidden: hidden units of the score MLP.
+
+    Shapes: ``image``, ``synth`` (B, in_channels, *S); ``seg`` (B, num_classes, *S) softmax probabilities or
+    one-hot of ŷ -> dict with ``"scores"`` (B, num_classes) and/or ``"error_logits"`` (B, 1, *S).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        num_classes: int,
+        shared_weights: bool = True,
+        score_head: bool = True,
+        error_head: bool = True,
+        proj_channels: int = 3,
+        widen_factor: float = 1.0,
+        fuse_channels: int = 64,
+        hidden: int = 256,
+    ) -> None:
+        super().__init__(
+            spatial_dims, in_channels, num_classes, 2, shared_weights, score_head, error_head,
+            proj_channels, widen_factor, fuse_channels, hidden,
+        )  # fmt: skip
+
+    def forward(self, image: torch.Tensor, synth: torch.Tensor, seg: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._check(seg, image, synth)
+        return self._run([image, synth], seg)
+
+
+class DirectPredictor(_ComparatorBase):
+    """The paper's "Direct Prediction" ablation: the same encoder and heads as :class:`SiameseComparator` on
+    ``image ⊕ proj(seg)`` only (no synthesised image).
+
+    Args: as :class:`SiameseComparator`, without ``shared_weights``.
+
+    Shapes: ``image`` (B, in_channels, *S), ``seg`` (B, num_classes, *S) -> dict with ``"scores"``
+    (B, num_classes) and/or ``"error_logits"`` (B, 1, *S).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        num_classes: int,
+        score_head: bool = True,
+        error_head: bool = True,
+        proj_channels: int = 3,
+        widen_factor: float = 1.0,
+        fuse_channels: int = 64,
+        hidden: int = 256,
+    ) -> None:
+        super().__init__(
+            spatial_dims, in_channels, num_classes, 1, True, score_head, error_head,
+            proj_channels, widen_factor, fuse_channels, hidden,
+        )  # fmt: skip
+
+    def forward(self, image: torch.Tensor, seg: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._check(seg, image)
+        return self._run([image], seg)

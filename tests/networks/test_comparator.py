@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+from synthcp3d.losses import ComparatorLoss
+from synthcp3d.networks import DirectPredictor, SiameseComparator
+
+from . import assert_all_grads, channels_last, state_dict_roundtrip
+
+TINY = {"widen_factor": 0.125, "fuse_channels": 4, "hidden": 8, "proj_channels": 2}
+SHAPES = {2: (2, 32, 64), 3: (2, 32, 32, 16)}
+
+
+def inputs(dims: int, num_classes: int = 3):
+    b, *s = SHAPES[dims]
+    return torch.rand(b, 1, *s), torch.rand(b, 1, *s), torch.softmax(torch.randn(b, num_classes, *s), 1)
+
+
+def train_step(model, out, dims):
+    b, *s = SHAPES[dims]
+    true = torch.rand(b, 3)
+    true[0, 1] = float("nan")
+    loss = ComparatorLoss()(out, true, (torch.rand(b, 1, *s) > 0.5).float(), torch.rand(b, 1, *s) > 0.8)
+    loss["loss"].backward()
+    assert_all_grads(model)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("shared", [True, False])
+def test_siamese_shapes_grads_and_weight_sharing(dims, shared):
+    torch.manual_seed(0)
+    m = SiameseComparator(dims, in_channels=1, num_classes=3, shared_weights=shared, **TINY)
+    x, xs, seg = inputs(dims)
+    out = m(x, xs, seg)
+    assert set(out) == {"scores", "error_logits"}
+    assert out["scores"].shape == (2, 3) and ((out["scores"] >= 0) & (out["scores"] <= 1)).all()
+    assert out["error_logits"].shape == (2, 1, *SHAPES[dims][1:])
+    assert len(m.encoders) == (1 if shared else 2)
+    train_step(m, out, dims)
+
+
+@pytest.mark.parametrize("score_head,error_head", [(True, False), (False, True)])
+def test_heads_can_be_switched_off(score_head, error_head):
+    torch.manual_seed(0)
+    m = SiameseComparator(2, 1, 3, score_head=score_head, error_head=error_head, **TINY)
+    out = m(*inputs(2))
+    assert ("scores" in out) == score_head and ("error_logits" in out) == error_head
+    train_step(m, out, 2)
+    with pytest.raises(ValueError, match="at least one"):
+        SiameseComparator(2, 1, 3, score_head=False, error_head=False)
+
+
+def test_synthesised_image_changes_the_prediction():
+    torch.manual_seed(0)
+    m = SiameseComparator(2, 1, 3, **TINY).eval()
+    x, xs, seg = inputs(2)
+    with torch.no_grad():
+        assert not torch.allclose(m(x, xs, seg)["scores"], m(x, x, seg)["scores"])
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_direct_predictor(dims):
+    torch.manual_seed(0)
+    m = DirectPredictor(dims, 1, 3, **TINY)
+    x, _, seg = inputs(dims)
+    out = m(x, seg)
+    assert out["scores"].shape == (2, 3) and out["error_logits"].shape == (2, 1, *SHAPES[dims][1:])
+    train_step(m, out, dims)
+    siamese = SiameseComparator(dims, 1, 3, shared_weights=True, **TINY)
+    # same encoder; the siamese heads see 3x the channels (f(x), f(x̂), |f(x)-f(x̂)|)
+    assert sum(p.numel() for p in m.encoders.parameters()) == sum(p.numel() for p in siamese.encoders.parameters())
+
+
+def test_bad_inputs_raise():
+    m = SiameseComparator(2, 1, 3, **TINY)
+    x, xs, seg = inputs(2)
+    with pytest.raises(ValueError, match="seg must be"):
+        m(x, xs, seg[:, :2])
+    with pytest.raises(ValueError, match="does not match"):
+        m(x, xs[..., :32], seg)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_bf16_channels_last_determinism_roundtrip(dims):
+    x, xs, seg = (channels_last(t) for t in inputs(dims))
+    res = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        m = SiameseComparator(dims, 1, 3, shared_weights=False, **TINY)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(x, xs, seg)
+        assert out["error_logits"].dtype == torch.bfloat16
+        (out["scores"].float().sum() + out["error_logits"].float().mean()).backward()
+        assert_all_grads(m)
+        with torch.no_grad():
+            res.append(m.eval()(x, xs, seg))
+    assert torch.equal(res[0]["scores"], res[1]["scores"])
+    assert torch.equal(res[0]["error_logits"], res[1]["error_logits"])
+    with torch.no_grad():
+        again = state_dict_roundtrip(m, SiameseComparator(dims, 1, 3, shared_weights=False, **TINY))(x, xs, seg)
+    assert torch.equal(again["scores"], res[0]["scores"])
