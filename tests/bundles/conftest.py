@@ -20,6 +20,16 @@ FAST = {
     "segmenter#num_samples": 1,
     "segmenter#val_interval": 1,
     "num_folds": 2,
+    "spade#ngf": 4,
+    "spade#num_up": 2,
+    "spade#hidden_channels": 8,
+    "spade#ndf": 8,
+    "spade#num_layers_d": 1,
+    "spade#patch_size": [16, 16, 16],
+    "spade#iterations": 2,
+    "spade#samples_per_volume": 2,
+    "spade#queue_length": 4,
+    "spade#checkpoint_every": 1,
 }
 
 

@@ -25,9 +25,21 @@ def test_verify_segmenter_in_out(profile):
     assert "verified with no error" in r.stdout + r.stderr
 
 
-def test_crossval_config_end_to_end(pancreas_roi, tmp_path):
-    run(bundle_cmd(["common.json", "profiles/tiny.json", "crossval.json"], dataset_dir=str(pancreas_roi),
-                   output_dir=str(tmp_path), **FAST))  # fmt: skip
+def test_verify_generator_in_out():
+    """verify_net_in_out checks one ``network_data_format``: the generator's is ``network_data_format_spade``."""
+    from monai.bundle import verify_net_in_out
+
+    meta = json.loads((PANCREAS_BUNDLE / "configs/metadata.json").read_text())
+    configs = [str(PANCREAS_BUNDLE / "configs" / c) for c in ("common.json", "profiles/tiny.json")]
+    verify_net_in_out(net_id="spade_def", meta_file=str(PANCREAS_BUNDLE / "configs/metadata.json"),
+                      config_file=configs, n=2, **{"_meta_#network_data_format": meta["network_data_format_spade"]})
+
+
+def test_pipeline_configs_in_order(pancreas_roi, tmp_path):
+    """crossval -> train_spade -> synthesize, each by its documented ``monai.bundle run`` command."""
+    base = ["common.json", "profiles/tiny.json"]
+    common = dict(dataset_dir=str(pancreas_roi), output_dir=str(tmp_path), **FAST)
+    run(bundle_cmd([*base, "crossval.json"], **common))
     index = json.loads((tmp_path / "segmenter/predictions/index.json").read_text())
     assert sorted(k for k, v in index.items() if v["split"] == "cv") == [f"pancreas_00{i}" for i in range(1, 7)]
     assert sorted(k for k, v in index.items() if v["split"] == "test") == ["pancreas_007", "pancreas_008"]
@@ -37,6 +49,19 @@ def test_crossval_config_end_to_end(pancreas_roi, tmp_path):
         np.testing.assert_allclose(img.affine, pred.affine, atol=1e-4)
     folds = json.loads((tmp_path / "segmenter/folds.json").read_text())
     assert folds["num_folds"] == 2 and sum(len(f) for f in folds["folds"]) == 6
+
+    with pytest.raises(AssertionError, match="run the train_spade config first"):
+        run(bundle_cmd([*base, "synthesize.json"], **common))  # a clear error before SPADE exists
+    run(bundle_cmd([*base, "train_spade.json"], **common))
+    assert (tmp_path / "spade/models/generator.pt").is_file()
+    run(bundle_cmd([*base, "synthesize.json"], **common))
+    for cid, rec in index.items():
+        synth = nib.load(tmp_path / "synth" / cid / "synth.nii.gz")
+        img = nib.load(rec["image"])
+        assert synth.shape == img.shape
+        np.testing.assert_allclose(synth.affine, img.affine, atol=1e-4)
+        values = np.asarray(synth.dataobj)
+        assert np.isfinite(values).all() and -87.01 <= values.min() and values.max() <= 199.01
 
 
 def test_ddp_two_cpu_processes(pancreas_roi, tmp_path):
