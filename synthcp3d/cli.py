@@ -36,7 +36,22 @@ def _cmd_phantom_scenes(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from synthcp3d.demo import run_demo
 
-    return run_demo(Path(args.out), seed=args.seed)
+    return run_demo(Path(args.out), seed=args.seed, bundle=args.bundle, cases=args.cases)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from synthcp3d.reports.table2 import format_summary, summarize
+    from synthcp3d.reports.writer import load_alarm_table, write_report
+
+    rows = load_alarm_table(args.table, split=args.split)
+    if not rows:
+        print(f"synthcp3d: error: no {args.split} cases in {args.table}", file=sys.stderr)
+        return 2
+    title = args.title or f"SynthCP report: {args.table.parent.name or args.table.name} ({args.split})"
+    paths = write_report(rows, args.out, title=title, threshold=args.threshold, thumbnails=not args.no_thumbnails)
+    print(format_summary(summarize(rows, threshold=args.threshold)))
+    print(f"wrote {paths['html']} (+ report.csv, report.json)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="working folder (default runs/demo)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--cases", type=int, default=16, help="phantom training cases (default 16)")
+    demo.add_argument("--bundle", type=Path, default=None,
+                      help="the pancreas_synthcp bundle folder (default: bundles/pancreas_synthcp of this repository)")
     demo.set_defaults(func=_cmd_demo)
+
+    rep = sub.add_parser(
+        "report",
+        help="write the per-case HTML/CSV/JSON report and the Table-2 summary from an alarm table",
+        description="Summarise predicted vs. true Dice (paper Table 2, Fig. 6) and write report.html "
+                    "(self-contained), report.csv and report.json from alarm_table.json.",
+    )
+    rep.add_argument("--table", type=Path, required=True, help="alarm_table.json written by the alarm stage")
+    rep.add_argument("--out", type=Path, required=True, help="output folder for report.{html,csv,json}")
+    rep.add_argument("--threshold", type=float, default=0.5,
+                     help="Dice below which a case is bad / flagged for review (default 0.5)")
+    rep.add_argument("--split", choices=("cv", "test", "new", "all"), default="all",
+                     help="which cases to report (default all)")
+    rep.add_argument("--title", default=None, help="page title")
+    rep.add_argument("--no-thumbnails", action="store_true", help="skip the per-case slice thumbnails (no NIfTI reads)")
+    rep.set_defaults(func=_cmd_report)
     return parser
 
 

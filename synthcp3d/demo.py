@@ -1,44 +1,84 @@
 """The one-command demo behind ``make demo`` / ``synthcp3d demo``.
 
-Stage 1 (now): generate the phantom datasets in their real on-disk layouts and report what was written.
-Later stages (segmenter cross-validation, SPADE, comparator, VAE alarm, report) are appended here as
-the 3D pipeline lands.
+Generates a pancreas phantom in the MSD Task07 layout and runs every config of the
+``pancreas_synthcp`` bundle in order on the ``tiny`` profile through MONAI's bundle runner (the same
+``python -m monai.bundle run`` a user types), printing one progress line per stage.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_STAGES", "default_bundle", "run_bundle_config", "run_demo"]
+
+# (stage name, bundle config) in pipeline order
+DEMO_STAGES: tuple[tuple[str, str], ...] = (
+    ("segmenter cross-validation", "crossval.json"),
+    ("3D SPADE training", "train_spade.json"),
+    ("synthesis x_hat = G(y_hat)", "synthesize.json"),
+)
 
 
-def _stage(name: str):
-    print(f"[synthcp3d demo] {name} ...", flush=True)
-    return time.perf_counter()
+def default_bundle() -> Path:
+    """The repository's ``bundles/pancreas_synthcp`` (the package is installed editable from the repo)."""
+    return Path(__file__).resolve().parents[1] / "bundles" / "pancreas_synthcp"
 
 
-def run_demo(out: Path, seed: int = 0) -> int:
+def run_bundle_config(bundle: Path, configs: Sequence[str], profile: str = "tiny", **overrides) -> None:
+    """Run ``configs`` of ``bundle`` after ``common.json`` and the profile, as ``monai.bundle run`` does."""
+    from monai.bundle import run
+
+    files = [str(bundle / "configs" / c) for c in ("common.json", f"profiles/{profile}.json", *configs)]
+    run(config_file=files, meta_file=str(bundle / "configs/metadata.json"),
+        logging_file=str(bundle / "configs/logging.conf"), bundle_root=str(bundle), **overrides)  # fmt: skip
+
+
+def _tumour_dice_spread(index: dict) -> str:
+    import nibabel as nib
+    import numpy as np
+
+    from synthcp3d.metrics import dice_iou
+
+    preds, labels = [], []
+    for rec in index.values():
+        if rec.get("label"):
+            preds.append(np.asarray(nib.load(rec["pred"]).dataobj))
+            labels.append(np.asarray(nib.load(rec["label"]).dataobj))
+    dice = dice_iou(np.stack(preds), np.stack(labels), 3)[0]
+    t, p = dice[:, 2], dice[:, 1:].max(axis=1)
+    return (f"CV tumour Dice min {np.nanmin(t):.2f} / median {np.nanmedian(t):.2f} / max {np.nanmax(t):.2f} "
+            f"over {len(t)} cases (pancreas median {np.nanmedian(p):.2f})")  # fmt: skip
+
+
+def run_demo(out: Path, seed: int = 0, bundle: Path | None = None, cases: int = 16) -> int:
     """Run the demo into ``out``; returns an exit code."""
-    from synthcp3d.data.msd import msd_datalist
     from synthcp3d.data.phantom_pancreas import make_pancreas_dataset
 
-    out = Path(out)
-    t0 = _stage("pancreas phantom (MSD Task07 layout)")
-    root = make_pancreas_dataset(out / "data" / "Task07_Pancreas", num_cases=12, size=(96, 96, 48), seed=seed)
-    cases = msd_datalist(root, "training", check="full")
-    meta = json.loads((root / "phantom_meta.json").read_text())["cases"]
-    tumour = sorted(meta[c["case_id"]]["tumour_ml"] for c in cases)
-    print(f"  {len(cases)} training cases + {len(msd_datalist(root, 'test'))} test cases in {root} "
-          f"({time.perf_counter() - t0:.1f} s); tumour volume {tumour[0]:.1f}-{tumour[-1]:.1f} ml")
+    out = Path(out).resolve()
+    bundle = Path(bundle or default_bundle())
+    if not (bundle / "configs" / "common.json").is_file():
+        raise FileNotFoundError(f"bundle not found at {bundle}: pass --bundle bundles/pancreas_synthcp")
+    t_start = time.perf_counter()
 
-    try:
-        from synthcp3d.data.phantom_scenes import make_scene_dataset
-    except ImportError:  # the 2D phantom lands separately
-        return 0
-    for style in ("cityscapes", "streethazards"):
-        t0 = _stage(f"{style} scene phantom")
-        scene_root = make_scene_dataset(out / "data" / style, style=style, num_images=8, size=(128, 256), seed=seed)
-        print(f"  wrote {scene_root} ({time.perf_counter() - t0:.1f} s)")
+    def stage(i: int, n: int, name: str) -> float:
+        print(f"[synthcp3d demo {i}/{n}] {name} ... ({time.perf_counter() - t_start:.0f} s elapsed)", flush=True)
+        return time.perf_counter()
+
+    n = len(DEMO_STAGES) + 1
+    t0 = stage(1, n, "pancreas phantom (MSD Task07 layout, pancreas-centred 64x64x32 regions)")
+    data = make_pancreas_dataset(out / "data" / "Task07_Pancreas", num_cases=cases, size=(64, 64, 32), seed=seed,
+                                 num_test=4, field_of_view_mm=(128, 128, 80), roi_center="pancreas")  # fmt: skip
+    print(f"    wrote {data} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    runs = out / "runs"
+    for i, (name, config) in enumerate(DEMO_STAGES, start=2):
+        t0 = stage(i, n, name)
+        run_bundle_config(bundle, [config], dataset_dir=str(data), output_dir=str(runs))
+        print(f"    done ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if config == "crossval.json":
+            index = json.loads((runs / "segmenter/predictions/index.json").read_text())
+            print("    " + _tumour_dice_spread(index), flush=True)
+    print(f"[synthcp3d demo] finished in {time.perf_counter() - t_start:.0f} s; outputs under {runs}", flush=True)
     return 0

@@ -6,7 +6,9 @@ import pytest
 from synthcp3d.cli import main
 
 
-@pytest.mark.parametrize("argv", [[], ["phantom"], ["phantom", "pancreas"], ["phantom", "scenes"], ["demo"]])
+@pytest.mark.parametrize(
+    "argv", [[], ["phantom"], ["phantom", "pancreas"], ["phantom", "scenes"], ["demo"], ["report"]]
+)
 def test_help_on_every_level(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main([*argv, "--help"])
