@@ -84,6 +84,7 @@ def train_segmenter(
     hu_window: Sequence[float] = (-87.0, 199.0),
     num_classes: int = 3,
     class_ratios: Sequence[float] | None = (1.0, 2.0, 3.0),
+    class_weights: Sequence[float] | None = None,
     val_interval: int = 5,
     amp_dtype: str | None = "bfloat16",
     device: str | torch.device = "cpu",
@@ -93,6 +94,9 @@ def train_segmenter(
     distributed: bool = False,
 ) -> dict:
     """Train ``network`` (logits ``(B, num_classes, *roi)``) with Dice+CE on label-class-balanced crops.
+
+    ``class_ratios`` sets how often crops are centred on each class (the small tumour is seen often);
+    ``class_weights`` optionally weights the classes in the cross-entropy term.
 
     Checkpoints go to ``out_dir/models`` every epoch (the last two kept) and on exit or interruption
     (``checkpoint_final_iteration=N.pt``); ``model.pt`` holds the final weights. With ``resume`` the
@@ -151,7 +155,8 @@ def train_segmenter(
         train_data_loader=loader,
         network=model,
         optimizer=optimizer,
-        loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
+        loss_function=DiceCELoss(to_onehot_y=True, softmax=True,
+                                 weight=None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)),
         inferer=inferer,
         train_handlers=handlers,
     )
