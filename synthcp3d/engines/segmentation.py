@@ -149,14 +149,14 @@ def train_segmenter(
             val_handlers=val_handlers,
         )  # fmt: skip
         handlers.append(ValidationHandler(validator=evaluator, interval=val_interval, epoch_level=True))
+    weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)
     trainer = SupervisedTrainer(
         device=device,
         max_epochs=max_epochs,
         train_data_loader=loader,
         network=model,
         optimizer=optimizer,
-        loss_function=DiceCELoss(to_onehot_y=True, softmax=True,
-                                 weight=None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)),
+        loss_function=DiceCELoss(to_onehot_y=True, softmax=True, weight=weight),
         inferer=inferer,
         train_handlers=handlers,
     )
