@@ -36,8 +36,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_pancreas_dataset(tmp, args.cases, tuple(args.size), args.seed, num_test=0 or 1,
+        root = make_pancreas_dataset(tmp, args.cases, tuple(args.size), args.seed, num_test=1,
                                      field_of_view_mm=tuple(args.fov), roi_center="pancreas")
         items = msd_datalist(root)
         x = np.stack([np.clip((read_volume(i["image"])[0] + 87) / 286.0, 0, 1) for i in items]).astype(np.float32)
@@ -53,9 +54,9 @@ def main() -> None:
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         t0, step = time.perf_counter(), 0
         while step < args.steps:
-            b = np.random.choice(train, 2)
+            b = rng.choice(train, 2)
             xb, yb = x[b], y[b]
-            if np.random.rand() < 0.5:
+            if rng.random() < 0.5:
                 xb, yb = xb.flip(2), yb.flip(2)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out = net(xb.contiguous(memory_format=torch.channels_last_3d))
