@@ -1,0 +1,102 @@
+"""The iteration-based ignite loop shared by the comparator and the shape-VAE trainers: checkpoints with
+resume, TensorBoard scalars, a progress bar, and bf16 autocast steps that skip non-finite updates."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine
+from monai import transforms as mt
+from monai.data import DataLoader, Dataset
+from monai.handlers import CheckpointLoader, CheckpointSaver, TensorBoardStatsHandler
+
+from synthcp3d.engines.checkpoints import latest_checkpoint
+
+__all__ = ["finite_step", "flip_loader", "run_iterations"]
+
+logger = logging.getLogger(__name__)
+
+
+def flip_loader(items: Sequence[Mapping], keys: Sequence[str], batch_size: int, flip_prob: float,
+                seed: int = 0) -> DataLoader:  # fmt: skip
+    """Shuffling MONAI loader over in-memory tensor dicts with independent random flips along each axis.
+
+    ``batch_size`` is capped at ``len(items)``; ``drop_last`` keeps batches full (BatchNorm needs > 1 value).
+    """
+    if not items:
+        raise ValueError("no training samples")
+    chain = [mt.RandFlipd(keys=list(keys), prob=flip_prob, spatial_axis=a) for a in range(3)]
+    chain.append(mt.EnsureTyped(keys=list(keys), track_meta=False))
+    tf = mt.Compose(chain)
+    tf.set_random_state(seed)
+    bs = max(1, min(int(batch_size), len(items)))
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(Dataset(list(items), tf), batch_size=bs, shuffle=True, drop_last=True, generator=gen,
+                      num_workers=0)  # fmt: skip
+
+
+def finite_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
+    """``zero_grad``, backward and step unless the loss or a gradient is non-finite (a rare CPU bf16 hazard).
+
+    Returns whether the step was taken.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        return False
+    loss.backward()
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if grads and not all(torch.isfinite(g).all() for g in grads):
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    optimizer.step()
+    return True
+
+
+def run_iterations(
+    step: Callable[[Engine, dict], dict[str, float]],
+    state: Mapping[str, object],
+    loader: DataLoader,
+    out_dir: str | Path,
+    *,
+    iterations: int,
+    checkpoint_every: int,
+    resume: bool,
+    progress: bool,
+    desc: str,
+) -> tuple[Engine, int]:
+    """Run ``step`` up to ``iterations`` total iterations (a total, not an increment).
+
+    ``state`` (networks, optimizers) plus the engine is checkpointed to ``out_dir/models`` every
+    ``checkpoint_every`` iterations and at the end or on an exception (``checkpoint_final.pt``); with
+    ``resume`` the newest checkpoint is loaded first and the run continues from its iteration. Scalars of
+    ``step``'s output dict go to TensorBoard (``out_dir/tb``).
+
+    Returns:
+        ``(engine, start_iteration)``.
+    """
+    out_dir = Path(out_dir)
+    model_dir = out_dir / "models"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    engine = Engine(step)
+    state = {**state, "engine": engine}
+    CheckpointSaver(save_dir=str(model_dir), save_dict=state, save_final=True, final_filename="checkpoint_final.pt",
+                    epoch_level=False, save_interval=max(1, int(checkpoint_every)),
+                    n_saved=2).attach(engine)  # fmt: skip
+    TensorBoardStatsHandler(log_dir=str(out_dir / "tb"), iteration_log=True, epoch_log=False,
+                            output_transform=lambda o: o).attach(engine)  # fmt: skip
+    if progress:
+        from ignite.handlers import ProgressBar
+
+        ProgressBar(desc=desc, persist=False).attach(engine, output_transform=lambda o: {"loss": o["loss"]})
+    ckpt = latest_checkpoint(model_dir) if resume else None
+    if ckpt is not None:
+        logger.info("resuming %s from %s", desc, ckpt)
+        CheckpointLoader(load_path=str(ckpt), load_dict=state, map_location="cpu")(engine)
+        engine.state.epoch_length = len(loader)
+    start = int(engine.state.iteration)
+    if start < iterations:
+        engine.run(loader, max_iters=int(iterations), epoch_length=len(loader))
+    return engine, start

@@ -1,0 +1,106 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from synthcp3d.alarms.ensemble import conformal_quantile
+from synthcp3d.alarms.pipeline import METHODS, alarm_new_images, build_alarm_table
+from synthcp3d.networks import DirectPredictor, ShapeVAE, SiameseComparator
+
+from .conftest import PIXDIM, ROI
+
+TINY = {"widen_factor": 0.125, "fuse_channels": 8, "hidden": 16}
+KEYS = {"case_id", "split", "image", "pred", "synth", "error_map", "label", "true", "predicted", "interval",
+        "coverage", "review"}  # fmt: skip
+
+
+def _nets():
+    torch.manual_seed(0)
+    return {
+        "comparator": SiameseComparator(3, 1, 3, **TINY),
+        "direct": DirectPredictor(3, 1, 3, **TINY),
+        "vae": ShapeVAE(3, ROI, in_channels=2, latent_size=8, channels=(4, 8), include_background=True),
+    }
+
+
+@pytest.fixture(scope="module")
+def table(fake_run):
+    out = fake_run["base"] / "alarms"
+    rows = build_alarm_table(fake_run["index"], fake_run["synth"], out, **_nets(), roi_size=ROI, pixdim=PIXDIM,
+                             comparator_iterations=1, vae_iterations=1, batch_size=2, alpha=0.2,
+                             progress=False)  # fmt: skip
+    return out, rows
+
+
+def _in01(x):
+    return x is None or (isinstance(x, float) and 0.0 <= x <= 1.0)
+
+
+def test_rows_have_the_contract(table, samples):
+    out, rows = table
+    assert json.loads((out / "alarm_table.json").read_text()) == rows
+    assert [r["split"] for r in rows] == ["cv"] * 8 + ["test"] * 2
+    true = {s["case_id"]: s["true"] for s in samples}
+    for r in rows:
+        assert set(r) == KEYS and r["coverage"] == pytest.approx(0.8) and isinstance(r["review"], bool)
+        assert set(r["predicted"]) == set(METHODS)
+        for c in ("pancreas", "tumour"):
+            for m in METHODS:
+                assert isinstance(r["predicted"][m][c], float) and _in01(r["predicted"][m][c])
+            ens = (r["predicted"]["synthcp"][c] + r["predicted"]["vae_alarm"][c]) / 2
+            assert r["predicted"]["ensemble"][c] == pytest.approx(ens)
+            lo, hi = r["interval"][c]
+            assert 0.0 <= lo <= r["predicted"]["ensemble"][c] <= hi <= 1.0
+            want = true[r["case_id"]][("pancreas", "tumour").index(c)]
+            assert r["true"][c] is None if np.isnan(want) else r["true"][c] == pytest.approx(want)
+        assert (r["label"] is None) == (r["split"] == "test")
+        assert r["error_map"] is not None and r["synth"] is not None
+        assert r["review"] == (r["predicted"]["ensemble"]["tumour"] < 0.5)
+    for k in (0, 1):  # out-of-fold: one model set per segmenter fold, plus the final one
+        assert (out / f"fold_{k}" / "synthcp" / "models" / "model.pt").is_file()
+    assert (out / "final" / "vae" / "models" / "model.pt").is_file()
+
+
+def test_test_intervals_use_all_cv_residuals(table):
+    out, rows = table
+    cv = [r for r in rows if r["split"] == "cv"]
+    settings = json.loads((out / "alarm_models.json").read_text())
+    for c in ("pancreas", "tumour"):
+        res = [abs(r["predicted"]["ensemble"][c] - r["true"][c]) for r in cv if r["true"][c] is not None]
+        q = conformal_quantile(np.array(res), 0.2)
+        assert settings["conformal_q"][c] == pytest.approx(q)
+        for r in rows[-2:]:
+            p = r["predicted"]["ensemble"][c]
+            assert r["interval"][c] == pytest.approx([max(p - q, 0.0), min(p + q, 1.0)])
+
+
+def test_cv_intervals_leave_the_case_fold_out(table):
+    _, rows = table
+    cv = [r for r in rows if r["split"] == "cv"]
+    fold = [k % 2 for k in range(len(cv))]  # the fake index's folds, in case order
+    for i, r in enumerate(cv):
+        for c in ("pancreas", "tumour"):
+            res = [abs(o["predicted"]["ensemble"][c] - o["true"][c])
+                   for o, f in zip(cv, fold, strict=True) if f != fold[i] and o["true"][c] is not None]  # fmt: skip
+            q = conformal_quantile(np.array(res), 0.2)
+            p = r["predicted"]["ensemble"][c]
+            assert r["interval"][c] == pytest.approx([max(p - q, 0.0), min(p + q, 1.0)])
+
+
+def test_alarm_new_images(table, fake_run, tmp_path):
+    from synthcp3d.networks import Segmenter, SPADEGenerator
+
+    out, _ = table
+    torch.manual_seed(0)
+    seg = Segmenter(3, 1, 3, backbone="unet", unet_channels=(4, 8), feature_channels=4)
+    gen = SPADEGenerator(3, label_nc=3, ngf=4, num_up=2, hidden_channels=8)
+    images = sorted((fake_run["root"] / "imagesTs").glob("*.nii.gz"))
+    rows = alarm_new_images(images, tmp_path, alarm_dir=out, segmenter=seg, generator=gen, **_nets(),
+                            segment_roi_size=(32, 32, 16), synth_roi_size=(32, 32, 16), progress=False)  # fmt: skip
+    assert [r["split"] for r in rows] == ["new", "new"]
+    assert json.loads((tmp_path / "alarm_table.json").read_text()) == rows
+    for r in rows:
+        assert set(r) == KEYS and r["label"] is None and r["true"] == {"pancreas": None, "tumour": None}
+        assert all(_in01(v) for m in METHODS for v in r["predicted"][m].values())
+        assert r["error_map"] and r["synth"].endswith("synth.nii.gz")
