@@ -2,7 +2,8 @@
 
 Generates a pancreas phantom in the MSD Task07 layout and runs every config of the
 ``pancreas_synthcp`` bundle in order on the ``tiny`` profile through MONAI's bundle runner (the same
-``python -m monai.bundle run`` a user types), printing one progress line per stage.
+``python -m monai.bundle run`` a user types), printing one progress line per stage, and ends with the
+Table-2 summary of the cross-validation cases and the path of the HTML report.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ DEMO_STAGES: tuple[tuple[str, str], ...] = (
     ("segmenter cross-validation", "crossval.json"),
     ("3D SPADE training", "train_spade.json"),
     ("synthesis x_hat = G(y_hat)", "synthesize.json"),
+    ("alarms: SynthCP comparator, Direct Prediction, VAE alarm, ensemble", "alarms.json"),
+    ("report", "evaluate.json"),
 )
 
 
@@ -80,5 +83,11 @@ def run_demo(out: Path, seed: int = 0, bundle: Path | None = None, cases: int = 
         if config == "crossval.json":
             index = json.loads((runs / "segmenter/predictions/index.json").read_text())
             print("    " + _tumour_dice_spread(index), flush=True)
+    from synthcp3d.reports.table2 import format_summary, summarize
+    from synthcp3d.reports.writer import load_alarm_table
+
+    rows = load_alarm_table(runs / "alarms" / "alarm_table.json")
+    print(format_summary(summarize([r for r in rows if r["split"] == "cv"])), flush=True)
     print(f"[synthcp3d demo] finished in {time.perf_counter() - t_start:.0f} s; outputs under {runs}", flush=True)
+    print(f"report: {runs / 'report' / 'report.html'}", flush=True)
     return 0

@@ -30,6 +30,13 @@ FAST = {
     "spade#samples_per_volume": 2,
     "spade#queue_length": 4,
     "spade#checkpoint_every": 1,
+    "alarms#roi_size": [16, 16, 16],
+    "alarms#widen_factor": 0.125,
+    "alarms#latent_size": 4,
+    "alarms#vae_channels": [4, 8],
+    "alarms#comparator_iterations": 2,
+    "alarms#vae_iterations": 2,
+    "alarms#batch_size": 2,
 }
 
 

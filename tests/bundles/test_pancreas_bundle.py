@@ -63,6 +63,22 @@ def test_pipeline_configs_in_order(pancreas_roi, tmp_path):
         values = np.asarray(synth.dataobj)
         assert np.isfinite(values).all() and -87.01 <= values.min() and values.max() <= 199.01
 
+    run(bundle_cmd([*base, "alarms.json"], **common))
+    rows = json.loads((tmp_path / "alarms/alarm_table.json").read_text())
+    assert sorted(r["case_id"] for r in rows) == sorted(index)
+    methods = {"direct_prediction", "vae_alarm", "synthcp", "ensemble"}
+    for row in rows:
+        assert set(row["predicted"]) == methods
+        assert all(0.0 <= row["predicted"][m]["tumour"] <= 1.0 for m in methods)
+        lo, hi = row["interval"]["tumour"]
+        assert 0.0 <= lo <= hi <= 1.0
+        assert (row["true"]["tumour"] is None) == (row["split"] == "test") or row["true"]["tumour"] is None
+    run(bundle_cmd([*base, "evaluate.json"], **common))
+    for name in ("report.html", "report.csv", "report.json"):
+        assert (tmp_path / "report" / name).is_file()
+    report = json.loads((tmp_path / "report/report.json").read_text())
+    assert set(report["summary"]["methods"]) == methods
+
 
 def test_ddp_two_cpu_processes(pancreas_roi, tmp_path):
     """torchrun with the multi_gpu_train.json overlay: two gloo processes train one segmenter."""
