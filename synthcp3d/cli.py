@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="working folder (default runs/demo)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--cases", type=int, default=16, help="phantom training cases (default 16)")
+    demo.add_argument("--cases", type=int, default=32, help="phantom training cases (default 32)")
     demo.add_argument("--bundle", type=Path, default=None,
                       help="the pancreas_synthcp bundle folder (default: bundles/pancreas_synthcp of this repository)")
     demo.set_defaults(func=_cmd_demo)
