@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine
 
 from synthcp3d.alarms.samples import paste_to_input_grid
-from synthcp3d.alarms.training import finite_step, flip_loader, run_iterations
+from synthcp3d.alarms.training import finite_step, flip_loader, run_iterations, save_final
 from synthcp3d.engines.inferers import autocast_context, to_channels_last
 from synthcp3d.losses.comparator import ComparatorLoss
 
@@ -111,11 +111,7 @@ def train_comparator(
     engine, start = run_iterations(step, {"network": network, "optimizer": optimizer}, loader, out_dir,
                                    iterations=iterations, checkpoint_every=checkpoint_every, resume=resume,
                                    progress=progress, desc=desc)  # fmt: skip
-    path = Path(out_dir) / "models" / "model.pt"
-    torch.save(network.state_dict(), path)
-    out = engine.state.output if isinstance(engine.state.output, dict) else {}
-    return {"model": str(path), "iterations": int(engine.state.iteration), "start_iteration": start,
-            "loss": out.get("loss")}  # fmt: skip
+    return save_final(network, engine, start, out_dir)
 
 
 @torch.no_grad()

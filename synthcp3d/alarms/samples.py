@@ -23,7 +23,7 @@ from monai.data import MetaTensor
 from synthcp3d.data.io import DataError, read_json
 from synthcp3d.data.msd import read_volume
 from synthcp3d.data.phantom_pancreas import write_nifti
-from synthcp3d.data.transforms import ct_inference_transforms
+from synthcp3d.data.transforms import ct_inference_transforms, load_resampled
 from synthcp3d.metrics.segmentation import dice_iou
 
 __all__ = ["CLASS_NAMES", "build_samples", "case_dice", "load_index", "mask_channels", "paste_to_input_grid"]
@@ -130,24 +130,8 @@ def load_index(
     return out
 
 
-def _nearest_chain(pixdim: Sequence[float]) -> mt.Compose:
-    return mt.Compose([
-        mt.LoadImaged(keys="image", image_only=False),
-        mt.EnsureChannelFirstd(keys="image"),
-        mt.Orientationd(keys="image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        mt.Spacingd(keys="image", pixdim=tuple(pixdim), mode="nearest"),
-        mt.EnsureTyped(keys="image", track_meta=True),
-    ])  # fmt: skip
-
-
-def _probs_chain(pixdim: Sequence[float]) -> mt.Compose:
-    return mt.Compose([
-        mt.LoadImaged(keys="image", image_only=False),
-        mt.EnsureChannelFirstd(keys="image"),
-        mt.Orientationd(keys="image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        mt.Spacingd(keys="image", pixdim=tuple(pixdim), mode="bilinear"),
-        mt.EnsureTyped(keys="image", track_meta=True),
-    ])  # fmt: skip
+def _resample_chain(pixdim: Sequence[float], mode: str) -> mt.Compose:
+    return mt.Compose([*load_resampled(["image"], pixdim, [mode]), mt.EnsureTyped(keys="image", track_meta=True)])
 
 
 def _crop_start(mask: torch.Tensor, roi: Sequence[int]) -> list[int]:
@@ -197,7 +181,7 @@ def build_samples(
     """
     roi = tuple(int(r) for r in roi_size)
     img_tf = ct_inference_transforms(pixdim, hu_window, with_label=False)
-    lab_tf, prob_tf = _nearest_chain(pixdim), _probs_chain(pixdim)
+    lab_tf, prob_tf = _resample_chain(pixdim, "nearest"), _resample_chain(pixdim, "bilinear")
     samples = []
     for cid, rec in cases.items():
         image = img_tf({"image": rec["image"]})["image"]

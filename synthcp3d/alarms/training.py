@@ -100,3 +100,13 @@ def run_iterations(
     if start < iterations:
         engine.run(loader, max_iters=int(iterations), epoch_length=len(loader))
     return engine, start
+
+
+def save_final(network: torch.nn.Module, engine: Engine, start: int, out_dir: str | Path) -> dict:
+    """Save ``network`` to ``out_dir/models/model.pt``; returns ``{"model", "iterations", "start_iteration",
+    "loss"}`` for the run of ``engine`` that resumed from iteration ``start``."""
+    path = Path(out_dir) / "models" / "model.pt"
+    torch.save(network.state_dict(), path)
+    out = engine.state.output if isinstance(engine.state.output, dict) else {}
+    return {"model": str(path), "iterations": int(engine.state.iteration), "start_iteration": start,
+            "loss": out.get("loss")}  # fmt: skip

@@ -17,7 +17,7 @@ import torch
 from ignite.engine import Engine
 from monai.losses import DiceLoss
 
-from synthcp3d.alarms.training import finite_step, flip_loader, run_iterations
+from synthcp3d.alarms.training import finite_step, flip_loader, run_iterations, save_final
 from synthcp3d.engines.inferers import autocast_context, to_channels_last
 from synthcp3d.losses.vae import VAELoss
 
@@ -85,11 +85,7 @@ def train_shape_vae(
     engine, start = run_iterations(step, {"network": vae, "optimizer": optimizer}, loader, out_dir,
                                    iterations=iterations, checkpoint_every=checkpoint_every, resume=resume,
                                    progress=progress, desc=f"shape VAE {Path(out_dir).name}")  # fmt: skip
-    path = Path(out_dir) / "models" / "model.pt"
-    torch.save(vae.state_dict(), path)
-    out = engine.state.output if isinstance(engine.state.output, dict) else {}
-    return {"model": str(path), "iterations": int(engine.state.iteration), "start_iteration": start,
-            "loss": out.get("loss")}  # fmt: skip
+    return save_final(vae, engine, start, out_dir)
 
 
 @torch.no_grad()

@@ -11,16 +11,23 @@ from collections.abc import Sequence
 
 from monai import transforms as mt
 
-__all__ = ["ct_inference_transforms", "ct_train_transforms"]
+__all__ = ["ct_inference_transforms", "ct_train_transforms", "load_resampled"]
+
+
+def load_resampled(keys: Sequence[str], pixdim: Sequence[float], modes: Sequence[str]) -> list:
+    """Load -> channel first -> RAS -> resample ``keys`` to ``pixdim`` with one interpolation mode per key."""
+    return [
+        mt.LoadImaged(keys=list(keys), image_only=False),
+        mt.EnsureChannelFirstd(keys=list(keys)),
+        mt.Orientationd(keys=list(keys), axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        mt.Spacingd(keys=list(keys), pixdim=tuple(pixdim), mode=list(modes)),
+    ]
 
 
 def _base(keys: Sequence[str], pixdim: Sequence[float], hu_window: Sequence[float], has_label: bool) -> list:
     modes = ["bilinear", "nearest"] if has_label else ["bilinear"]
     return [
-        mt.LoadImaged(keys=list(keys), image_only=False),
-        mt.EnsureChannelFirstd(keys=list(keys)),
-        mt.Orientationd(keys=list(keys), axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        mt.Spacingd(keys=list(keys), pixdim=tuple(pixdim), mode=modes[: len(keys)]),
+        *load_resampled(keys, pixdim, modes[: len(keys)]),
         mt.ScaleIntensityRanged(keys="image", a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0,
                                 clip=True),
     ]  # fmt: skip
