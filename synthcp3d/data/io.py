@@ -95,6 +95,10 @@ def check_label_values(array: np.ndarray, allowed: Iterable[int], path: str | os
         raise DataError(path, f"label values {bad.tolist()[:10]} outside the declared set {allowed_arr.tolist()}")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and rename, so readers never see half a file."""
     p = Path(path)
@@ -103,6 +107,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private (0600); give it the usual mode
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -27,7 +27,6 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -186,5 +185,4 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, *, title: str = "Syn
     paths = {k: out_dir / name for k, name in REPORT_FILES.items()}
     for k in ("json", "csv", "html"):  # the page last: its presence means the report is complete
         atomic_write_text(paths[k], rendered[k])
-        os.chmod(paths[k], 0o644)  # the temporary file was private (0600); a report is meant to be shared
     return paths
