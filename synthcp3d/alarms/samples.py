@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from monai import transforms as mt
 from monai.data import MetaTensor
 
-from synthcp3d.data.io import DataError, read_json
+from synthcp3d.data.io import DataError, read_json, write_nifti
 from synthcp3d.data.msd import read_volume
-from synthcp3d.data.phantom_pancreas import write_nifti
 from synthcp3d.data.transforms import ct_inference_transforms, load_resampled
 from synthcp3d.metrics.segmentation import dice_iou
 

@@ -6,6 +6,7 @@ user pointing a loader at a broken dataset learns which file to fix.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -22,6 +23,7 @@ __all__ = [
     "check_label_values",
     "read_json",
     "read_png",
+    "write_nifti",
     "write_png",
 ]
 
@@ -117,3 +119,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Text counterpart of :func:`atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
+    """Write a NIfTI-1 file with the affine as both qform and sform; ``.gz`` files get a fixed gzip
+    timestamp so equal arrays give byte-identical files."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_data_dtype(array.dtype)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    data = img.to_bytes()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data, compresslevel=4, mtime=0) if path.suffix == ".gz" else data)

@@ -19,16 +19,16 @@ in many DICOM-converted NIfTI files, so downstream code must honour the affine
 
 from __future__ import annotations
 
-import gzip
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["PancreasCase", "Lesion", "make_pancreas_dataset", "render_case", "sample_case", "write_nifti"]
+from synthcp3d.data.io import write_nifti
+
+__all__ = ["PancreasCase", "Lesion", "make_pancreas_dataset", "render_case", "sample_case"]
 
 LABELS = {"0": "background", "1": "pancreas", "2": "cancer"}
 # A 512x512x90 CT at ~0.8 x 0.8 x 2.2 mm spans ~410 x 410 x 200 mm; smaller grids keep that field of view
@@ -329,20 +329,6 @@ def render_case(case: PancreasCase) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     img += noise * (case.noise_hu / (noise.std() + 1e-6))
     image = np.clip(np.round(img), -1024, 3071).astype(np.int16)
     return image, label, affine
-
-
-def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
-    """Write a NIfTI-1 file with the affine as both qform and sform; ``.gz`` files get a fixed gzip
-    timestamp so equal arrays give byte-identical files."""
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_data_dtype(array.dtype)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm", "sec")
-    data = img.to_bytes()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(data, compresslevel=4, mtime=0) if path.suffix == ".gz" else data)
 
 
 def make_pancreas_dataset(

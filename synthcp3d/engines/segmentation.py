@@ -35,8 +35,7 @@ from monai.handlers import (
 from monai.inferers import SlidingWindowInferer
 from monai.losses import DiceCELoss
 
-from synthcp3d.data.io import atomic_write_text
-from synthcp3d.data.phantom_pancreas import write_nifti
+from synthcp3d.data.io import atomic_write_text, write_nifti
 from synthcp3d.data.transforms import ct_inference_transforms, ct_train_transforms
 from synthcp3d.engines.checkpoints import latest_checkpoint
 from synthcp3d.engines.distributed import distributed_sampler, is_main_process, unwrap, wrap_ddp

@@ -31,7 +31,7 @@ from monai.data import MetaTensor
 from monai.handlers import CheckpointLoader, CheckpointSaver, TensorBoardStatsHandler
 from monai.inferers import SlidingWindowInferer
 
-from synthcp3d.data.phantom_pancreas import write_nifti
+from synthcp3d.data.io import write_nifti
 from synthcp3d.data.transforms import ct_inference_transforms
 from synthcp3d.engines.checkpoints import latest_checkpoint
 from synthcp3d.engines.distributed import distributed_sampler, is_main_process, unwrap, wrap_ddp

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from synthcp3d.data.io import write_nifti
 from synthcp3d.data.msd import read_volume
-from synthcp3d.data.phantom_pancreas import make_pancreas_dataset, write_nifti
+from synthcp3d.data.phantom_pancreas import make_pancreas_dataset
 
 PIXDIM = (4.0, 4.0, 5.0)  # the phantom's own spacing: 128 x 128 x 80 mm over 32 x 32 x 16 voxels
 ROI = (24, 24, 16)

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from synthcp3d.alarms.samples import _crop_start, build_samples, case_dice, load_index, paste_to_input_grid
-from synthcp3d.data.io import DataError
-from synthcp3d.data.phantom_pancreas import write_nifti
+from synthcp3d.data.io import DataError, write_nifti
 
 from .conftest import PIXDIM, ROI
 

@@ -5,9 +5,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthcp3d.data.io import DataError
+from synthcp3d.data.io import DataError, write_nifti
 from synthcp3d.data.msd import msd_datalist
-from synthcp3d.data.phantom_pancreas import write_nifti
 
 
 @pytest.fixture
