@@ -20,8 +20,12 @@ DEMO_STAGES: tuple[tuple[str, str], ...] = (
     ("segmenter cross-validation", "crossval.json"),
     ("3D SPADE training", "train_spade.json"),
     ("synthesis x_hat = G(y_hat)", "synthesize.json"),
-    ("alarms: SynthCP comparator, Direct Prediction, VAE alarm, ensemble", "alarms.json"),
+    ("SynthCP comparator + Direct Prediction (out-of-fold)", "train_comparator.json"),
+    ("VAE alarm (out-of-fold)", "train_vae.json"),
+    ("ensemble + conformal intervals", "ensemble.json"),
     ("report", "evaluate.json"),
+    ("export the trained models", "export_models.json"),
+    ("alarm on the test images (the new-image path)", "alarm.json"),
 )
 
 
@@ -75,7 +79,7 @@ def run_demo(out: Path, seed: int = 0, bundle: Path | None = None, cases: int = 
     runs = out / "runs"
     for i, (name, config) in enumerate(DEMO_STAGES, start=2):
         t0 = stage(i, n, name)
-        run_bundle_config(bundle, [config], dataset_dir=str(data), output_dir=str(runs))
+        run_bundle_config(bundle, [config], dataset_dir=str(data), output_dir=str(runs), models_dir=str(out / "models"))
         print(f"    done ({time.perf_counter() - t0:.0f} s)", flush=True)
         if config == "crossval.json":
             index = json.loads((runs / "segmenter/predictions/index.json").read_text())
@@ -86,5 +90,6 @@ def run_demo(out: Path, seed: int = 0, bundle: Path | None = None, cases: int = 
     rows = load_alarm_table(runs / "alarms" / "alarm_table.json")
     print(format_summary(summarize([r for r in rows if r["split"] == "cv"])), flush=True)
     print(f"[synthcp3d demo] finished in {time.perf_counter() - t_start:.0f} s; outputs under {runs}", flush=True)
+    print(f"models for new images (alarm config, MONAI Label app): {out / 'models'}", flush=True)
     print(f"report: {runs / 'report' / 'report.html'}", flush=True)
     return 0

@@ -25,7 +25,8 @@ from synthcp3d.data.msd import read_volume
 from synthcp3d.data.transforms import ct_inference_transforms, load_resampled
 from synthcp3d.metrics.segmentation import dice_iou
 
-__all__ = ["CLASS_NAMES", "build_samples", "case_dice", "load_index", "mask_channels", "paste_to_input_grid"]
+__all__ = ["CLASS_NAMES", "build_samples", "case_dice", "load_index", "mask_channels", "one_hot_input",
+           "paste_to_input_grid"]
 
 CLASS_NAMES = ("pancreas", "tumour")
 """Dice targets, in order: pancreas = label >= 1 (pancreas incl. tumour, as MSD evaluates), tumour = label 2."""
@@ -40,6 +41,11 @@ def mask_channels(labels: torch.Tensor | np.ndarray) -> torch.Tensor:
     if t.ndim >= 4 and t.shape[-4] == 1:
         t = t.squeeze(-4)
     return torch.stack([t >= 1, t == 2], dim=-4).float()
+
+
+def one_hot_input(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Label map ``(*S)`` -> float one-hot ``(num_classes, *S)`` (the ŷ input of the comparator / generator)."""
+    return F.one_hot(label.long().clamp(0, num_classes - 1), num_classes).movedim(-1, 0).float()
 
 
 def case_dice(pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -160,6 +166,7 @@ def build_samples(
     pixdim: Sequence[float] = (2.0, 2.0, 2.5),
     hu_window: Sequence[float] = (-87.0, 199.0),
     num_classes: int = 3,
+    pred_input: str = "probs",
 ) -> list[dict]:
     """Load every case of :func:`load_index` into an in-memory, organ-centred crop.
 
@@ -168,16 +175,21 @@ def build_samples(
         roi_size: crop ``(X, Y, Z)`` on the resampled grid.
         pixdim, hu_window: as the segmenter (MONAI :func:`~synthcp3d.data.transforms.ct_inference_transforms`).
         num_classes: channels of the probability maps.
+        pred_input: what the comparator sees as ŷ under ``"probs"``: the segmenter's ``"probs"`` (softmax) or
+            ``"onehot"`` of its label map (the paper's ŷ; also what perturbed label maps give, see
+            :mod:`~synthcp3d.alarms.augment`).
 
     Returns:
         One dict per case (R = ``roi_size``): ``"case_id"``, ``"split"``, ``"fold"``, ``"paths"`` (the input
-        record), ``"image"`` (1, *R) in [0, 1], ``"synth"`` (1, *R) or None, ``"probs"`` (C, *R),
+        record), ``"image"`` (1, *R) in [0, 1], ``"synth"`` (1, *R) or None, ``"probs"`` (C, *R) (ŷ input),
         ``"pred_mask"`` (2, *R) and ``"label_mask"`` (2, *R) or None (uint8 :func:`mask_channels`), ``"error"``
         (1, *R) uint8 {0, 1} = pred != label or None, ``"ignore"`` (1, *R) bool (padding beyond the volume),
         ``"true"`` (2,) float64 full-volume Dice ``[pancreas, tumour]`` (NaN: no label / absent class),
         ``"target"`` (C,) float32 score targets ``[NaN, pancreas, tumour]`` (background never scored), and
         ``"grid"`` (what :func:`paste_to_input_grid` needs to put a crop back on the input grid).
     """
+    if pred_input not in ("probs", "onehot"):
+        raise ValueError(f"pred_input must be 'probs' or 'onehot', got {pred_input!r}")
     roi = tuple(int(r) for r in roi_size)
     img_tf = ct_inference_transforms(pixdim, hu_window, with_label=False)
     lab_tf, prob_tf = _resample_chain(pixdim, "nearest"), _resample_chain(pixdim, "bilinear")
@@ -204,6 +216,8 @@ def build_samples(
             "grid": {"meta": copy.deepcopy(dict(image.meta)), "ops": copy.deepcopy(image.applied_operations),
                      "shape": tuple(image.shape[1:]), "start": start, "roi": roi, "transform": img_tf},
         }  # fmt: skip
+        if pred_input == "onehot":
+            s["probs"] = one_hot_input(_crop(pred.as_tensor()[None], start, roi)[0], num_classes)
         if rec.get("synth"):
             s["synth"] = _crop(img_tf({"image": rec["synth"]})["image"].as_tensor().float(), start, roi)
         if label is not None:

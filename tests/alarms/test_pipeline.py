@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from synthcp3d.alarms.ensemble import conformal_quantile
-from synthcp3d.alarms.pipeline import METHODS, alarm_new_images, build_alarm_table
+from synthcp3d.alarms.inference import MODEL_FILES, alarm_new_images, export_models, load_alarm_networks
+from synthcp3d.alarms.pipeline import METHODS, build_alarm_table, ensemble_alarm_table
+from synthcp3d.data.io import DataError
 from synthcp3d.networks import DirectPredictor, ShapeVAE, SiameseComparator
 
 from .conftest import PIXDIM, ROI
@@ -88,19 +90,72 @@ def test_cv_intervals_leave_the_case_fold_out(table):
             assert r["interval"][c] == pytest.approx([max(p - q, 0.0), min(p + q, 1.0)])
 
 
+def _models_dir(out, tmp_path):
+    """A models folder as export_models writes it, from the alarm run ``out`` and random segmenter / generator."""
+    from synthcp3d.networks import Segmenter, SPADEGenerator
+
+    torch.manual_seed(0)
+    seg = Segmenter(3, 1, 3, backbone="unet", unet_channels=(4, 8), feature_channels=4)
+    gen = SPADEGenerator(3, label_nc=3, ngf=4, num_up=2, hidden_channels=8)
+    run = tmp_path / "run"
+    for rel, net in (("segmenter/final/models/model.pt", seg), ("spade/models/generator.pt", gen)):
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), run / rel)
+    for name in ("synthcp", "direct", "vae"):
+        (run / "alarms/final" / name / "models").mkdir(parents=True)
+        src = out / "final" / name / "models/model.pt"
+        (run / "alarms/final" / name / "models/model.pt").write_bytes(src.read_bytes())
+    (run / "alarms/alarm_models.json").write_text((out / "alarm_models.json").read_text())
+    manifest = export_models(run, tmp_path / "models", profile="test")
+    assert set(manifest["files"]) == {*MODEL_FILES.values(), "alarm_models.json"} and manifest["profile"] == "test"
+    return tmp_path / "models", seg, gen
+
+
 def test_alarm_new_images(table, fake_run, tmp_path):
     from synthcp3d.networks import Segmenter, SPADEGenerator
 
     out, _ = table
-    torch.manual_seed(0)
-    seg = Segmenter(3, 1, 3, backbone="unet", unet_channels=(4, 8), feature_channels=4)
-    gen = SPADEGenerator(3, label_nc=3, ngf=4, num_up=2, hidden_channels=8)
+    models, seg, gen = _models_dir(out, tmp_path)
+    nets = load_alarm_networks(models, {"segmenter": Segmenter(3, 1, 3, backbone="unet", unet_channels=(4, 8),
+                                                               feature_channels=4),
+                                        "generator": SPADEGenerator(3, label_nc=3, ngf=4, num_up=2, hidden_channels=8),
+                                        **_nets()})  # fmt: skip
+    for a, b in zip(nets["segmenter"].state_dict().values(), seg.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # the weights were loaded, not left at a fresh initialisation
     images = sorted((fake_run["root"] / "imagesTs").glob("*.nii.gz"))
-    rows = alarm_new_images(images, tmp_path, alarm_dir=out, segmenter=seg, generator=gen, **_nets(),
-                            segment_roi_size=(32, 32, 16), synth_roi_size=(32, 32, 16), progress=False)  # fmt: skip
+    rows = alarm_new_images(images, tmp_path / "new", models_dir=models, **nets, segment_roi_size=(32, 32, 16),
+                            synth_roi_size=(32, 32, 16), progress=False)  # fmt: skip
     assert [r["split"] for r in rows] == ["new", "new"]
-    assert json.loads((tmp_path / "alarm_table.json").read_text()) == rows
-    for r in rows:
+    assert json.loads((tmp_path / "new" / "alarm_table.json").read_text()) == rows
+    import nibabel as nib
+
+    for r, img in zip(rows, images, strict=True):
         assert set(r) == KEYS and r["label"] is None and r["true"] == {"pancreas": None, "tumour": None}
         assert all(_in01(v) for m in METHODS for v in r["predicted"][m].values())
-        assert r["error_map"] and r["synth"].endswith("synth.nii.gz")
+        assert r["synth"].endswith("synth.nii.gz")
+        for key in ("pred", "error_map"):
+            vol = nib.load(r[key])
+            assert vol.shape == nib.load(img).shape
+            np.testing.assert_allclose(vol.affine, nib.load(img).affine, atol=1e-4)
+    with pytest.raises(DataError, match="image not found"):
+        alarm_new_images([tmp_path / "nope.nii.gz"], tmp_path / "bad", models_dir=models, **nets, progress=False)
+
+
+def test_missing_models_name_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ensemble config"):
+        load_alarm_networks(tmp_path, _nets())
+    with pytest.raises(DataError, match="crossval config"):
+        export_models(tmp_path / "run", tmp_path / "models")
+
+
+def test_ensemble_needs_both_stages_on_the_same_cases(table, tmp_path):
+    out, rows = table
+    with pytest.raises(DataError, match="run the train_vae config first"):
+        (tmp_path / "comparator_predictions.json").write_text((out / "comparator_predictions.json").read_text())
+        ensemble_alarm_table(tmp_path)
+    vae = json.loads((out / "vae_predictions.json").read_text())
+    vae["cases"].pop(sorted(vae["cases"])[0])
+    (tmp_path / "vae_predictions.json").write_text(json.dumps(vae))
+    with pytest.raises(DataError, match="different cases"):
+        ensemble_alarm_table(tmp_path)
+    assert ensemble_alarm_table(out, alpha=0.2) == rows  # the combination step alone reproduces the table

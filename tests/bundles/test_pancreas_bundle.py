@@ -36,7 +36,7 @@ def test_verify_generator_in_out():
 
 
 def test_pipeline_configs_in_order(pancreas_roi, tmp_path):
-    """crossval -> train_spade -> synthesize, each by its documented ``monai.bundle run`` command."""
+    """Every config of the bundle in pipeline order, each by its documented ``monai.bundle run`` command."""
     base = ["common.json", "profiles/tiny.json"]
     common = dict(dataset_dir=str(pancreas_roi), output_dir=str(tmp_path), **FAST)
     run(bundle_cmd([*base, "crossval.json"], **common))
@@ -63,7 +63,11 @@ def test_pipeline_configs_in_order(pancreas_roi, tmp_path):
         values = np.asarray(synth.dataobj)
         assert np.isfinite(values).all() and -87.01 <= values.min() and values.max() <= 199.01
 
-    run(bundle_cmd([*base, "alarms.json"], **common))
+    with pytest.raises(AssertionError, match="run the train_comparator config first"):
+        run(bundle_cmd([*base, "ensemble.json"], **common))
+    run(bundle_cmd([*base, "train_comparator.json"], **common, **{"alarms#augment_per_case": 1}))
+    run(bundle_cmd([*base, "train_vae.json"], **common))
+    run(bundle_cmd([*base, "ensemble.json"], **common))
     rows = json.loads((tmp_path / "alarms/alarm_table.json").read_text())
     assert sorted(r["case_id"] for r in rows) == sorted(index)
     methods = {"direct_prediction", "vae_alarm", "synthcp", "ensemble"}
@@ -78,6 +82,35 @@ def test_pipeline_configs_in_order(pancreas_roi, tmp_path):
         assert (tmp_path / "report" / name).is_file()
     report = json.loads((tmp_path / "report/report.json").read_text())
     assert set(report["summary"]["methods"]) == methods
+
+    # new images: gather the weights into a models folder, then the alarm config on the test images
+    models = tmp_path / "models"
+    with pytest.raises(AssertionError, match="export_models"):
+        run(bundle_cmd([*base, "alarm.json"], **common, models_dir=str(models)))
+    run(bundle_cmd([*base, "export_models.json"], **common, models_dir=str(models)))
+    assert json.loads((models / "manifest.json").read_text())["profile"] == "tiny"
+    run(bundle_cmd([*base, "alarm.json"], **common, models_dir=str(models)))
+    new = json.loads((tmp_path / "alarm/alarm_table.json").read_text())
+    assert sorted(r["case_id"] for r in new) == ["pancreas_007", "pancreas_008"]
+    for row in new:
+        assert row["split"] == "new" and all(0.0 <= row["predicted"][m]["tumour"] <= 1.0 for m in methods)
+        img, seg = nib.load(row["image"]), nib.load(row["pred"])
+        assert seg.shape == img.shape and np.allclose(seg.affine, img.affine, atol=1e-4)
+        assert nib.load(row["error_map"]).shape == img.shape
+
+    # bad inputs: a missing prediction and a synthesized volume on another grid give errors naming the case
+    bad = tmp_path / "bad"
+    (bad / "predictions").mkdir(parents=True)
+    broken = {k: dict(v) for k, v in index.items()}
+    broken["pancreas_002"]["pred"] = str(bad / "predictions/missing.nii.gz")
+    (bad / "predictions/index.json").write_text(json.dumps(broken))
+    with pytest.raises(AssertionError, match="pancreas_002.*pred file not found"):
+        run(bundle_cmd([*base, "train_vae.json"], **common, segmenter_dir=str(bad), alarm_dir=str(bad / "alarms")))
+    synth = tmp_path / "synth/pancreas_003/synth.nii.gz"
+    vol = nib.load(synth)
+    nib.save(nib.Nifti1Image(np.asarray(vol.dataobj)[:, :, :-1], vol.affine), synth)
+    with pytest.raises(AssertionError, match="pancreas_003.*synth geometry"):
+        run(bundle_cmd([*base, "train_comparator.json"], **common, alarm_dir=str(bad / "alarms2")))
 
 
 def test_ddp_two_cpu_processes(pancreas_roi, tmp_path):
