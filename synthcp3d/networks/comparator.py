@@ -35,6 +35,27 @@ def _pyramid(enc: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return feats
 
 
+def class_pooled(levels: list[torch.Tensor], seg: torch.Tensor) -> torch.Tensor:
+    """Per-class region means of feature maps: the input of the ``score_pooling="class"`` head.
+
+    ``seg`` (B, C, *S) (probabilities or one-hot) is average-pooled to each level's size and used as weights:
+    for class c and level l, ``sum(w_c * f_l) / (sum(w_c) + 1e-3)``. Appended: the class's volume fraction
+    ``mean(seg_c)`` and the one-hot class id.
+
+    Shapes: ``levels`` [(B, F_l, *S_l)], ``seg`` (B, C, *S) -> (B, C, sum(F_l) + 1 + C).
+    """
+    b, c = seg.shape[:2]
+    seg = seg.float()
+    parts = []
+    for f in levels:
+        w = F.adaptive_avg_pool3d(seg, f.shape[2:]) if f.ndim == 5 else F.adaptive_avg_pool2d(seg, f.shape[2:])
+        w = w.flatten(2)  # (B, C, N)
+        parts.append(torch.bmm(w, f.flatten(2).float().transpose(1, 2)) / (w.sum(-1, keepdim=True) + 1e-3))
+    frac = seg.flatten(2).mean(-1, keepdim=True)
+    ids = torch.eye(c, device=seg.device).expand(b, c, c)
+    return torch.cat([*parts, frac, ids], dim=-1)
+
+
 class _ComparatorBase(nn.Module):
     """Shared body of :class:`SiameseComparator` and :class:`DirectPredictor`: projection of the segmentation,
     one or two ResNet-18 encoders, per-level merge of the branches, and the two heads."""
@@ -52,10 +73,13 @@ class _ComparatorBase(nn.Module):
         widen_factor: float,
         fuse_channels: int,
         hidden: int,
+        score_pooling: str = "global",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if score_pooling not in ("global", "class"):
+            raise ValueError(f"score_pooling must be 'global' or 'class', got {score_pooling!r}.")
         if not (score_head or error_head):
             raise ValueError("at least one of score_head and error_head must be on.")
         conv = Conv[Conv.CONV, spatial_dims]
@@ -70,8 +94,16 @@ class _ComparatorBase(nn.Module):
         )
         widths = [int(c * widen_factor) for c in (64, 128, 256, 512)]
         merge = 3 if num_branches == 2 else 1  # (f(x), f(x̂), |f(x) - f(x̂)|) or f(x)
+        self.score_pooling = score_pooling
         self.score_head = None
-        if score_head:
+        if score_head and score_pooling == "class":
+            # per class: its region's mean of every merged level, the region's volume fraction, the class id
+            self.score_head = nn.Sequential(
+                nn.Linear(merge * sum(widths) + 1 + num_classes, hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(hidden, 1),
+            )
+        elif score_head:
             self.score_head = nn.Sequential(
                 Pool[Pool.ADAPTIVEAVG, spatial_dims](1),
                 nn.Flatten(),
@@ -107,7 +139,9 @@ class _ComparatorBase(nn.Module):
         else:
             levels = pyramids[0]
         out: dict[str, torch.Tensor] = {}
-        if self.score_head is not None:
+        if self.score_head is not None and self.score_pooling == "class":
+            out["scores"] = torch.sigmoid(self.score_head(class_pooled(levels, seg)).squeeze(-1))
+        elif self.score_head is not None:
             out["scores"] = torch.sigmoid(self.score_head(levels[-1]))
         if self.error_lateral is not None:
             mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
@@ -148,6 +182,9 @@ class SiameseComparator(_ComparatorBase):
         widen_factor: ResNet width multiplier (1.0: 64..512 channels; 0.25 for tiny CPU tests).
         fuse_channels: channels of the error head.
         hidden: hidden units of the score MLP.
+        score_pooling: ``"global"`` (the paper: average pool of the merged layer4) or ``"class"``: each class's
+            score from the merged features of all four levels averaged inside that class's predicted region
+            (:func:`class_pooled`), so a small structure such as a tumour is not diluted by the whole crop.
 
     Shapes: ``image``, ``synth`` (B, in_channels, *S); ``seg`` (B, num_classes, *S) softmax probabilities or
     one-hot of ŷ -> dict with ``"scores"`` (B, num_classes) and/or ``"error_logits"`` (B, 1, *S).
@@ -165,10 +202,11 @@ class SiameseComparator(_ComparatorBase):
         widen_factor: float = 1.0,
         fuse_channels: int = 64,
         hidden: int = 256,
+        score_pooling: str = "global",
     ) -> None:
         super().__init__(
             spatial_dims, in_channels, num_classes, 2, shared_weights, score_head, error_head,
-            proj_channels, widen_factor, fuse_channels, hidden,
+            proj_channels, widen_factor, fuse_channels, hidden, score_pooling,
         )  # fmt: skip
 
     def forward(self, image: torch.Tensor, synth: torch.Tensor, seg: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -197,10 +235,11 @@ class DirectPredictor(_ComparatorBase):
         widen_factor: float = 1.0,
         fuse_channels: int = 64,
         hidden: int = 256,
+        score_pooling: str = "global",
     ) -> None:
         super().__init__(
             spatial_dims, in_channels, num_classes, 1, True, score_head, error_head,
-            proj_channels, widen_factor, fuse_channels, hidden,
+            proj_channels, widen_factor, fuse_channels, hidden, score_pooling,
         )  # fmt: skip
 
     def forward(self, image: torch.Tensor, seg: torch.Tensor) -> dict[str, torch.Tensor]:

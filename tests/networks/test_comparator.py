@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from synthcp3d.losses import ComparatorLoss
 from synthcp3d.networks import DirectPredictor, SiameseComparator
@@ -98,3 +99,40 @@ def test_bf16_channels_last_determinism_roundtrip(dims):
     with torch.no_grad():
         again = state_dict_roundtrip(m, SiameseComparator(dims, 1, 3, shared_weights=False, **TINY))(x, xs, seg)
     assert torch.equal(again["scores"], res[0]["scores"])
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_class_pooled_matches_a_hand_computation(dims):
+    from synthcp3d.networks.comparator import class_pooled
+
+    torch.manual_seed(0)
+    size = (8,) * dims
+    seg = torch.softmax(torch.randn(2, 3, *size), dim=1)
+    f = torch.randn(2, 5, *(4,) * dims)
+    out = class_pooled([f], seg)
+    assert out.shape == (2, 3, 5 + 1 + 3)
+    # weights: the mean of seg over each 2^d block (the level is half the input size)
+    w = seg.reshape(2, 3, *[v for _ in range(dims) for v in (4, 2)])
+    w = w.mean(dim=tuple(range(3, 3 + 2 * dims, 2)))
+    for b in range(2):
+        for c in range(3):
+            want = (w[b, c][None] * f[b]).flatten(1).sum(1) / (w[b, c].sum() + 1e-3)
+            torch.testing.assert_close(out[b, c, :5], want, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out[b, c, 5], seg[b, c].mean())
+    torch.testing.assert_close(out[0, :, 6:], torch.eye(3))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_class_pooling_heads(dims):
+    size = (32,) * dims
+    torch.manual_seed(0)
+    seg = F.one_hot(torch.randint(0, 3, (2, *size)), 3).movedim(-1, 1).float()
+    for net, args in ((SiameseComparator(dims, 1, 3, widen_factor=0.125, score_pooling="class"), 2),
+                      (DirectPredictor(dims, 1, 3, widen_factor=0.125, score_pooling="class"), 1)):  # fmt: skip
+        out = net(*[torch.rand(2, 1, *size) for _ in range(args)], seg)
+        assert out["scores"].shape == (2, 3) and ((out["scores"] > 0) & (out["scores"] < 1)).all()
+        assert out["error_logits"].shape == (2, 1, *size)
+        out["scores"].sum().backward()
+        assert net.encoders[0].conv1.weight.grad is not None
+    with pytest.raises(ValueError, match="score_pooling"):
+        SiameseComparator(dims, 1, 3, score_pooling="max")
