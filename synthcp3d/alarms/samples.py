@@ -197,10 +197,11 @@ def build_samples(
     for cid, rec in cases.items():
         image = img_tf({"image": rec["image"]})["image"]
         pred = lab_tf({"image": rec["pred"]})["image"][0].round().long()
-        probs = prob_tf({"image": rec["probs"]})["image"].as_tensor().float()
-        if probs.shape[0] != num_classes:
-            raise DataError(rec["probs"], f"case {cid!r}: {probs.shape[0]} probability channels, "
-                                          f"expected {num_classes}")  # fmt: skip
+        if pred_input == "probs":  # one-hot ŷ needs no probability map: skip reading and resampling it
+            probs = prob_tf({"image": rec["probs"]})["image"].as_tensor().float()
+            if probs.shape[0] != num_classes:
+                raise DataError(rec["probs"], f"case {cid!r}: {probs.shape[0]} probability channels, "
+                                              f"expected {num_classes}")  # fmt: skip
         label = lab_tf({"image": rec["label"]})["image"][0].round().long() if rec.get("label") else None
         union = pred >= 1 if label is None else (pred >= 1) | (label >= 1)
         start = _crop_start(union.as_tensor(), roi)
@@ -208,7 +209,9 @@ def build_samples(
         s = {
             "case_id": cid, "split": rec.get("split", "new"), "fold": rec.get("fold"), "paths": dict(rec),
             "image": _crop(image.as_tensor().float(), start, roi),
-            "synth": None, "probs": _crop(probs, start, roi),
+            "synth": None,
+            "probs": _crop(probs, start, roi) if pred_input == "probs" else
+            one_hot_input(_crop(pred.as_tensor()[None], start, roi)[0], num_classes),
             "pred_mask": mask_channels(_crop(pred.as_tensor()[None], start, roi)).to(torch.uint8),
             "label_mask": None, "error": None,
             "ignore": ~_crop(ones, start, roi, value=False),
@@ -216,8 +219,6 @@ def build_samples(
             "grid": {"meta": copy.deepcopy(dict(image.meta)), "ops": copy.deepcopy(image.applied_operations),
                      "shape": tuple(image.shape[1:]), "start": start, "roi": roi, "transform": img_tf},
         }  # fmt: skip
-        if pred_input == "onehot":
-            s["probs"] = one_hot_input(_crop(pred.as_tensor()[None], start, roi)[0], num_classes)
         if rec.get("synth"):
             s["synth"] = _crop(img_tf({"image": rec["synth"]})["image"].as_tensor().float(), start, roi)
         if label is not None:

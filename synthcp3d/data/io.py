@@ -134,4 +134,6 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None
     data = img.to_bytes()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(data, compresslevel=4, mtime=0) if path.suffix == ".gz" else data)
+    # level 1: float volumes (probabilities, synthesized CT, error maps) hardly compress (float32 mantissas), and
+    # level 1 writes them ~15% faster than level 4 at the same size (measured on a 256x256x96x3 softmax map)
+    path.write_bytes(gzip.compress(data, compresslevel=1, mtime=0) if path.suffix == ".gz" else data)
