@@ -159,3 +159,24 @@ def test_ensemble_needs_both_stages_on_the_same_cases(table, tmp_path):
     with pytest.raises(DataError, match="different cases"):
         ensemble_alarm_table(tmp_path)
     assert ensemble_alarm_table(out, alpha=0.2) == rows  # the combination step alone reproduces the table
+
+
+def test_alarm_path_bf16_within_001_of_fp32(table, fake_run, tmp_path):
+    """The whole new-image path (segment, synthesize, compare, VAE, ensemble) under bf16 autocast +
+    channels-last predicts every Dice within 0.01 of the fp32 path with the same weights."""
+    from synthcp3d.networks import Segmenter, SPADEGenerator
+
+    out, _ = table
+    models, _, _ = _models_dir(out, tmp_path)
+    nets = load_alarm_networks(models, {"segmenter": Segmenter(3, 1, 3, backbone="unet", unet_channels=(4, 8),
+                                                               feature_channels=4),
+                                        "generator": SPADEGenerator(3, label_nc=3, ngf=4, num_up=2, hidden_channels=8),
+                                        **_nets()})  # fmt: skip
+    images = sorted((fake_run["root"] / "imagesTs").glob("*.nii.gz"))
+    kw = {"models_dir": models, "segment_roi_size": (32, 32, 16), "synth_roi_size": (32, 32, 16), "progress": False}
+    rows = {amp: alarm_new_images(images, tmp_path / str(amp), amp_dtype=amp, **nets, **kw)
+            for amp in (None, "bfloat16")}  # fmt: skip
+    for a, b in zip(rows[None], rows["bfloat16"], strict=True):
+        for m in ("direct_prediction", "vae_alarm", "synthcp", "ensemble"):
+            for c in ("pancreas", "tumour"):
+                assert abs(a["predicted"][m][c] - b["predicted"][m][c]) < 0.01, (m, c)
