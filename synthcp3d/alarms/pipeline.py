@@ -13,7 +13,7 @@ Three stages, one bundle config each, then the report:
   and review flags; writes ``alarm_table.json`` and ``alarm_models.json`` (what inference on new images needs,
   :mod:`~synthcp3d.alarms.inference`).
 
-:func:`build_alarm_table` runs the three in order. Row of the table (the contract with the report writer)::
+Row of the table (the contract with the report writer)::
 
     {"case_id", "split": "cv" | "test" | "new", "image", "pred", "synth", "error_map": path | null,
      "label": path | null, "true": {"pancreas": float | null, "tumour": float | null},
@@ -41,8 +41,8 @@ from synthcp3d.alarms.samples import CLASS_NAMES, build_samples, load_index
 from synthcp3d.alarms.vae import fit_dice_regressor, predict_dice_regressor, train_shape_vae, vae_features
 from synthcp3d.data.io import DataError, atomic_write_text, read_json
 
-__all__ = ["ALARM_LAYOUT", "METHODS", "build_alarm_table", "ensemble_alarm_table", "rows_for",
-           "train_comparator_alarms", "train_vae_alarm"]  # fmt: skip
+__all__ = ["ALARM_LAYOUT", "METHODS", "ensemble_alarm_table", "rows_for", "train_comparator_alarms",
+           "train_vae_alarm"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -382,54 +382,3 @@ def ensemble_alarm_table(out_dir: str | Path, *, alpha: float = 0.1, review_thre
     atomic_write_text(out / "alarm_table.json", json.dumps(rows, indent=1))
     return rows
 
-
-def build_alarm_table(
-    index: str | Path,
-    synth_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    comparator: torch.nn.Module,
-    vae: torch.nn.Module,
-    direct: torch.nn.Module | None = None,
-    generator: torch.nn.Module | None = None,
-    roi_size: Sequence[int] = (64, 64, 48),
-    pixdim: Sequence[float] = (2.0, 2.0, 2.5),
-    hu_window: Sequence[float] = (-87.0, 199.0),
-    num_classes: int = 3,
-    pred_input: str = "onehot",
-    augment_per_case: int = 0,
-    comparator_iterations: int = 2000,
-    vae_iterations: int = 2000,
-    lr: float = 1e-3,
-    vae_lr: float = 1e-3,
-    batch_size: int = 2,
-    vae_batch_size: int = 4,
-    regressor_alpha: float = 0.1,
-    alpha: float = 0.1,
-    review_threshold: float = 0.5,
-    out_of_fold: bool = True,
-    num_folds: int = 4,
-    amp_dtype: str | None = "bfloat16",
-    device: str | torch.device = "cpu",
-    resume: bool = True,
-    progress: bool = True,
-    checkpoint_every: int = 200,
-    seed: int = 0,
-) -> list[dict]:
-    """:func:`train_comparator_alarms`, :func:`train_vae_alarm` and :func:`ensemble_alarm_table` in order (the
-    arguments are theirs; ``comparator_iterations`` / ``vae_iterations``, ``lr`` / ``vae_lr`` and
-    ``batch_size`` / ``vae_batch_size`` go to the comparator and the VAE respectively).
-
-    Returns:
-        The alarm-table rows (also in ``<out_dir>/alarm_table.json``).
-    """
-    crop = {"roi_size": roi_size, "pixdim": pixdim, "hu_window": hu_window, "num_classes": num_classes}
-    common = {"out_of_fold": out_of_fold, "num_folds": num_folds, "amp_dtype": amp_dtype, "device": device,
-              "resume": resume, "progress": progress, "checkpoint_every": checkpoint_every, "seed": seed}  # fmt: skip
-    train_comparator_alarms(index, synth_dir, out_dir, comparator=comparator, direct=direct, generator=generator,
-                            pred_input=pred_input, augment_per_case=augment_per_case,
-                            iterations=comparator_iterations, lr=lr, batch_size=batch_size, **crop,
-                            **common)  # fmt: skip
-    train_vae_alarm(index, out_dir, vae=vae, iterations=vae_iterations, lr=vae_lr, batch_size=vae_batch_size,
-                    regressor_alpha=regressor_alpha, **crop, **common)  # fmt: skip
-    return ensemble_alarm_table(out_dir, alpha=alpha, review_threshold=review_threshold)

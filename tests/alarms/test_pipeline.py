@@ -6,7 +6,7 @@ import torch
 
 from synthcp3d.alarms.ensemble import conformal_quantile
 from synthcp3d.alarms.inference import MODEL_FILES, alarm_new_images, export_models, load_alarm_networks
-from synthcp3d.alarms.pipeline import METHODS, build_alarm_table, ensemble_alarm_table
+from synthcp3d.alarms.pipeline import METHODS, ensemble_alarm_table, train_comparator_alarms, train_vae_alarm
 from synthcp3d.data.io import DataError
 from synthcp3d.networks import DirectPredictor, ShapeVAE, SiameseComparator
 
@@ -29,9 +29,12 @@ def _nets():
 @pytest.fixture(scope="module")
 def table(fake_run):
     out = fake_run["base"] / "alarms"
-    rows = build_alarm_table(fake_run["index"], fake_run["synth"], out, **_nets(), roi_size=ROI, pixdim=PIXDIM,
-                             comparator_iterations=1, vae_iterations=1, batch_size=2, alpha=0.2,
-                             progress=False)  # fmt: skip
+    nets = _nets()
+    crop = {"roi_size": ROI, "pixdim": PIXDIM, "iterations": 1, "batch_size": 2, "progress": False}
+    train_comparator_alarms(fake_run["index"], fake_run["synth"], out, comparator=nets["comparator"],
+                            direct=nets["direct"], **crop)  # fmt: skip
+    train_vae_alarm(fake_run["index"], out, vae=nets["vae"], **crop)
+    rows = ensemble_alarm_table(out, alpha=0.2)
     return out, rows
 
 
