@@ -66,6 +66,7 @@ def train_comparator(
     progress: bool = True,
     checkpoint_every: int = 200,
     seed: int = 0,
+    flip_axes: Sequence[int] | None = None,
 ) -> dict:
     """Train a :class:`~synthcp3d.networks.SiameseComparator` or :class:`~synthcp3d.networks.DirectPredictor`
     on labelled samples of :func:`~synthcp3d.alarms.samples.build_samples` with
@@ -85,6 +86,7 @@ def train_comparator(
         iterations: total optimizer steps.
         amp_dtype: ``"bfloat16"`` or ``None`` (fp32).
         seed: seed of the shuffling and the flips (weights are initialised by the caller).
+        flip_axes: spatial axes flipped at random (default all; ``[1]``: left-right only, for 2D street scenes).
 
     Returns:
         ``{"model": path of model.pt, "iterations": final iteration, "start_iteration": resumed from,
@@ -95,7 +97,7 @@ def train_comparator(
     device = torch.device(device)
     network = network.to(device)
     items, spatial = _items(network, samples, with_targets=True)
-    loader = flip_loader(items, spatial, batch_size, flip_prob, seed)
+    loader = flip_loader(items, spatial, batch_size, flip_prob, seed, flip_axes)
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
     criterion = ComparatorLoss(score_loss=score_loss, score_weight=score_weight, error_weight=error_weight)
 

@@ -21,14 +21,18 @@ logger = logging.getLogger(__name__)
 
 
 def flip_loader(items: Sequence[Mapping], keys: Sequence[str], batch_size: int, flip_prob: float,
-                seed: int = 0) -> DataLoader:  # fmt: skip
+                seed: int = 0, flip_axes: Sequence[int] | None = None) -> DataLoader:  # fmt: skip
     """Shuffling MONAI loader over in-memory tensor dicts with independent random flips along each axis.
 
+    The items' ``keys`` hold channel-first tensors ``(C, *S)``; ``flip_axes`` are spatial axes to flip (default:
+    every axis of ``S``, taken from the first item's ``keys[0]``; e.g. ``[1]`` for left-right only in 2D scenes).
     ``batch_size`` is capped at ``len(items)``; ``drop_last`` keeps batches full (BatchNorm needs > 1 value).
     """
     if not items:
         raise ValueError("no training samples")
-    chain = [mt.RandFlipd(keys=list(keys), prob=flip_prob, spatial_axis=a) for a in range(3)]
+    if flip_axes is None:
+        flip_axes = range(torch.as_tensor(items[0][keys[0]]).ndim - 1)
+    chain = [mt.RandFlipd(keys=list(keys), prob=flip_prob, spatial_axis=a) for a in flip_axes]
     chain.append(mt.EnsureTyped(keys=list(keys), track_meta=False))
     tf = mt.Compose(chain)
     tf.set_random_state(seed)

@@ -30,8 +30,8 @@ of the reconstruction, and each region's volume as ``log1p(voxels) / log1p(crop 
 
 def _stack(masks: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
     m = masks if isinstance(masks, torch.Tensor) else torch.stack([torch.as_tensor(x) for x in masks])
-    if m.ndim != 5:
-        raise ValueError(f"masks must be (N, C, X, Y, Z), got {tuple(m.shape)}")
+    if m.ndim not in (4, 5):
+        raise ValueError(f"masks must be (N, C, *S) with 2 or 3 spatial dims, got {tuple(m.shape)}")
     return m.float()
 
 
@@ -102,16 +102,19 @@ def vae_features(
 
     Args:
         vae: trained :class:`~synthcp3d.networks.ShapeVAE` on 2-channel region masks.
-        masks: (N, 2, *R) predicted masks (the samples' ``"pred_mask"``).
+        masks: (N, K, *R) predicted masks (pancreas: the samples' 2-channel ``"pred_mask"``; 2D scenes: the
+            one-hot prediction), K = the VAE's ``in_channels``.
 
     Returns:
-        (N, 5) float64.
+        (N, 1 + 2K) float64: overall reconstruction loss, per-channel reconstruction Dice loss, per-channel
+        log-volume (the :data:`FEATURE_NAMES` columns for K = 2).
     """
     device = torch.device(device)
     vae = vae.to(device).eval()
     m = _stack(masks)
-    if m.shape[1] != 2:
-        raise ValueError(f"masks must have the 2 region channels (pancreas, tumour), got {m.shape[1]}")
+    want = getattr(vae, "in_channels", 2)
+    if m.shape[1] != want:
+        raise ValueError(f"masks must have the VAE's {want} channels (pancreas: the 2 regions), got {m.shape[1]}")
     per_channel = DiceLoss(include_background=True, sigmoid=True, reduction="none")
     logvol = (torch.log1p(m.flatten(2).sum(2)) / np.log1p(m[0, 0].numel())).double()
     rows = []

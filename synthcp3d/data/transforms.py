@@ -3,15 +3,17 @@
 Load -> channel first -> RAS orientation -> resample to ``pixdim`` -> HU window to [0, 1]; training adds
 crops sampled by label class and flips; inference keeps the metadata so that predictions are inverted
 back onto the original grid (:func:`invert_to_input`), so a prediction NIfTI overlays its input.
+
+:func:`scene_transforms` is the 2D counterpart for street scenes (Cityscapes, StreetHazards PNGs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from monai import transforms as mt
 
-__all__ = ["ct_inference_transforms", "ct_train_transforms", "load_resampled"]
+__all__ = ["ct_inference_transforms", "ct_train_transforms", "load_resampled", "scene_transforms"]
 
 
 def load_resampled(keys: Sequence[str], pixdim: Sequence[float], modes: Sequence[str]) -> list:
@@ -72,3 +74,35 @@ def ct_inference_transforms(
     """Deterministic chain for whole volumes: ``{"image"[, "label"]}`` -> ``(1, X', Y', Z')`` MetaTensors."""
     keys = ("image", "label") if with_label else ("image",)
     return mt.Compose([*_base(keys, pixdim, hu_window, with_label), mt.EnsureTyped(keys=list(keys), track_meta=True)])
+
+
+def scene_transforms(
+    load: Callable[[Mapping], dict],
+    size: Sequence[int] | None = None,
+    *,
+    train: bool = False,
+    image_range: Sequence[float] = (0.0, 1.0),
+) -> mt.Compose:
+    """Chain for 2D street-scene datalist entries ``{"image": png, "label": png, ...}``.
+
+    ``load`` reads and checks the pair (e.g. :func:`~synthcp3d.data.cityscapes.load_cityscapes` or
+    :func:`~synthcp3d.data.streethazards.load_streethazards`); then the pair is resized to ``size`` (image
+    bilinear with anti-aliasing, label nearest, so 255 = ignore survives), flipped left-right at random when
+    ``train``, and the image is mapped linearly from [0, 1] to ``image_range`` (``(-1, 1)`` for SPADE).
+
+    Returns:
+        A ``Compose``: entry -> ``{"image": float32 (3, H, W), "label": int64 (1, H, W), ...other keys}``.
+    """
+    keys = ["image", "label"]
+    chain: list = [load]
+    if size is not None:
+        chain.append(mt.Resized(keys=keys, spatial_size=tuple(size), mode=["bilinear", "nearest"],
+                                anti_aliasing=[True, False]))  # fmt: skip
+    if train:
+        chain.append(mt.RandFlipd(keys=keys, prob=0.5, spatial_axis=1))
+    lo, hi = (float(v) for v in image_range)
+    if (lo, hi) != (0.0, 1.0):
+        chain.append(mt.ScaleIntensityRanged(keys="image", a_min=0.0, a_max=1.0, b_min=lo, b_max=hi))
+    chain += [mt.EnsureTyped(keys="image", dtype="float32", track_meta=False),
+              mt.EnsureTyped(keys="label", dtype="int64", track_meta=False)]  # fmt: skip
+    return mt.Compose(chain)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from synthcp3d.data.io import DataError, atomic_write_text, read_json
 from . import figures
 from .html import CaseView, render_html
 from .table2 import CLASSES, _interval, _num, _predicted, _true, methods_present, summarize
+from .tables import json_safe
 
 __all__ = ["HEADLINE_ORDER", "REPORT_FILES", "load_alarm_table", "render_report", "write_report"]
 
@@ -80,19 +80,6 @@ def load_alarm_table(path: str | Path, split: str = "all") -> list[dict]:
 def _headline(row: dict) -> str | None:
     predicted = row.get("predicted") or {}
     return next((m for m in HEADLINE_ORDER if predicted.get(m)), next(iter(predicted), None))
-
-
-def _clean(x):
-    """JSON-safe copy: NaN/Inf -> None, tuples -> lists, paths -> str."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 def _csv(cases: Sequence[CaseView], methods: Sequence[str], classes: Sequence[str]) -> str:
@@ -158,7 +145,7 @@ def render_report(rows: Sequence[dict], *, title: str = "SynthCP failure detecti
            "order": [c.row["case_id"] for c in cases], "flagged": [c.row["case_id"] for c in cases if c.flagged],
            "headline_method": {c.row["case_id"]: c.primary for c in cases}, "rows": rows}
     return {"html": page, "csv": _csv(cases, methods, classes),
-            "json": json.dumps(_clean(doc), indent=1, allow_nan=False) + "\n"}
+            "json": json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n"}
 
 
 def write_report(rows: Sequence[dict], out_dir: str | Path, *, title: str = "SynthCP failure detection report",

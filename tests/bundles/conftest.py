@@ -39,6 +39,18 @@ FAST = {
     "alarms#batch_size": 2,
 }
 
+# the 2D scene bundles' SPADE at CPU-seconds size (32x64 images): shared by cityscapes and streethazards tests
+SPADE_2D_FAST = {
+    "spade#ngf": 4,
+    "spade#num_up": 3,
+    "spade#hidden_channels": 8,
+    "spade#ndf": 4,
+    "spade#num_layers_d": 1,
+    "spade#iterations": 2,
+    "spade#batch_size": 2,
+    "spade#checkpoint_every": 1,
+}
+
 
 def bundle_cmd(configs, *, bundle=PANCREAS_BUNDLE, runner=(sys.executable, "-m", "monai.bundle"), **overrides):
     """The documented ``python -m monai.bundle run`` command for ``configs`` with ``--key value`` overrides."""
