@@ -59,8 +59,13 @@ def _dice_spread(index: dict) -> str:
 
 def run_demo(out: Path, seed: int = 0, bundle: Path | None = None, cases: int = 32) -> int:
     """Run the demo into ``out``; returns an exit code."""
+    import torch
+
     from synthcp3d.data.phantom_pancreas import make_pancreas_dataset
 
+    # before the first torch op, so that every intra-op thread inherits it: SPADE's activations go denormal, and
+    # the CPU computes denormals in microcode (a 3D GAN step measured 14.4 -> 2.2 CPU s, engines.spade)
+    torch.set_flush_denormal(True)
     out = Path(out).resolve()
     bundle = Path(bundle or default_bundle())
     if not (bundle / "configs" / "common.json").is_file():
