@@ -8,7 +8,13 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint setup clean
+# MONAI Label app (apps/synthcp_pancreas) and its server tests run from a SECOND venv with the [label] extra:
+# monailabel 0.8.5 pulls ~3.7 GB, pins numpy < 2 and (through pydicom-seg) jsonschema < 4, so .venv stays the
+# core install users get and `make test` keeps testing exactly that; .venv-label runs only tests/monailabel.
+LABEL_VENV := .venv-label
+LABEL_BIN := $(LABEL_VENV)/bin
+
+.PHONY: demo test lint setup clean setup-label test-label
 
 setup: $(VENV)/.installed
 
@@ -26,5 +32,16 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest -q tests
 
+setup-label: $(LABEL_VENV)/.installed
+
+$(LABEL_VENV)/.installed: pyproject.toml
+	test -x $(LABEL_BIN)/python || $(PYTHON) -m venv $(LABEL_VENV)
+	$(LABEL_BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" -e ".[label,dev]"
+	touch $@
+
+# SYNTHCP3D_LABEL_TESTS=1 turns "monailabel not installed" from a skip into a failure.
+test-label: setup-label
+	SYNTHCP3D_LABEL_TESTS=1 $(LABEL_BIN)/python -m pytest -q tests/monailabel
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LABEL_VENV) runs .pytest_cache .ruff_cache

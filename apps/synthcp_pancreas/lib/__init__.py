@@ -1,0 +1,1 @@
+"""Infer tasks of the synthcp_pancreas MONAI Label app (the sample apps' ``lib/`` layout)."""

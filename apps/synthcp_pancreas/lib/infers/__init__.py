@@ -1,0 +1,3 @@
+from .alarm import SynthCPAlarm
+
+__all__ = ["SynthCPAlarm"]

@@ -1,0 +1,127 @@
+"""The alarm service behind the MONAI Label app (core install: no MONAI Label needed)."""
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from synthcp3d.alarms.inference import MODEL_FILES
+from synthcp3d.data.io import DataError
+from synthcp3d.monailabel.service import (
+    ERROR_LEVELS,
+    AlarmService,
+    alarm_summary,
+    bundle_parser,
+    error_levels,
+    export_volume,
+)
+
+METHODS = ("direct_prediction", "vae_alarm", "synthcp", "ensemble")
+
+
+@pytest.fixture(scope="module")
+def service(label_models):
+    s = AlarmService(label_models, device="cpu")
+    yield s
+    s.close()
+
+
+def test_error_levels_bins_by_hand():
+    p = np.array([0.0, 0.2499, 0.25, 0.4, 0.5, 0.74, 0.75, 1.0], np.float32).reshape(2, 2, 2)
+    want = np.array([0, 0, 1, 1, 2, 2, 3, 3], np.uint8).reshape(2, 2, 2)
+    got = error_levels(p)
+    assert got.dtype == np.uint8 and np.array_equal(got, want)
+    assert set(ERROR_LEVELS.values()) == {1, 2, 3}
+
+
+def test_summary_message_and_fields():
+    row = {"case_id": "c1", "coverage": 0.9, "review": True, "pred": "/srv/x.nii.gz",
+           "predicted": {m: {"pancreas": 0.8, "tumour": 0.31} for m in METHODS},
+           "interval": {"pancreas": [0.6, 1.0], "tumour": [0.01, 0.61]}}  # fmt: skip
+    s = alarm_summary(row, 0.5)
+    assert s["message"] == "predicted tumour Dice 0.31 (90% interval 0.01-0.61), pancreas 0.80; REVIEW: below 0.50"
+    assert "pred" not in s and s["review_threshold"] == 0.5 and s["predicted"] == row["predicted"]
+    ok = alarm_summary({**row, "review": False, "interval": {"pancreas": [None, None], "tumour": [None, None]}}, 0.5)
+    assert ok["message"].endswith("pancreas 0.80; no review flag") and "interval" not in ok["message"]
+
+
+def test_missing_models_name_the_commands(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        AlarmService(tmp_path)
+    msg = str(e.value)
+    assert "segmenter.pt" in msg and "alarm_models.json" in msg and "make demo" in msg
+    assert "crossval, train_spade, synthesize, train_comparator, train_vae, ensemble, export_models" in msg
+
+
+def test_unknown_profile_lists_the_known_ones():
+    with pytest.raises(FileNotFoundError, match="known: .*tiny"):
+        bundle_parser(profile="nope")
+
+
+def test_untrained_models_folder(label_models):
+    files = {p.name for p in Path(label_models).iterdir()}
+    assert files == {*MODEL_FILES.values(), "alarm_models.json", "manifest.json"}
+    assert json.loads((label_models / "manifest.json").read_text())["profile"] == "tiny"
+
+
+def test_alarm_on_one_image(service, phantom_images, label_models, tmp_path):
+    image = next(iter(phantom_images.values()))
+    first = service.alarm(image)
+    again = service.alarm(image)
+    assert not first["cached"] and again["cached"] and again["row"] == first["row"]
+    s = first["summary"]
+    settings = json.loads((label_models / "alarm_models.json").read_text())
+    for c, k in (("pancreas", 0), ("tumour", 1)):
+        assert s["predicted"]["vae_alarm"][c] == pytest.approx(settings["regressor"]["intercept"][k])  # coef 0
+        ens = (s["predicted"]["synthcp"][c] + s["predicted"]["vae_alarm"][c]) / 2
+        q = settings["conformal_q"][c]
+        assert s["predicted"]["ensemble"][c] == pytest.approx(ens)
+        assert s["interval"][c] == pytest.approx([max(ens - q, 0.0), min(ens + q, 1.0)])
+    assert s["review"] == (s["predicted"]["ensemble"]["tumour"] < settings["review_threshold"])
+    ref = nib.load(image)
+    service.alarm(image, "segmentation", tmp_path / "segmentation.nii.gz")
+    for kind, dtype in (("segmentation", np.uint8), ("error_map", np.float32), ("error_levels", np.uint8)):
+        if kind != "segmentation":
+            export_volume(first, kind, tmp_path / f"{kind}.nii.gz")
+        vol = nib.load(tmp_path / f"{kind}.nii.gz")
+        assert vol.shape == ref.shape and vol.get_data_dtype() == dtype
+        np.testing.assert_allclose(vol.affine, ref.affine, atol=1e-4)
+    heat = np.asarray(nib.load(tmp_path / "error_map.nii.gz").dataobj)
+    assert 0.0 <= heat.min() and heat.max() <= 1.0
+    levels = np.asarray(nib.load(tmp_path / "error_levels.nii.gz").dataobj)
+    assert np.array_equal(levels, (heat >= 0.25).astype(np.uint8) + (heat >= 0.5) + (heat >= 0.75))
+    assert set(np.unique(np.asarray(nib.load(tmp_path / "segmentation.nii.gz").dataobj))) <= {0, 1, 2}
+
+
+def test_bad_images_and_outputs(service, tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        service.alarm(tmp_path / "nope.nii.gz")
+    (tmp_path / "bad.nii.gz").write_text("not a NIfTI file")
+    with pytest.raises(DataError, match="unreadable or corrupt"):
+        service.alarm(tmp_path / "bad.nii.gz")
+    with pytest.raises(ValueError, match="output must be"):
+        export_volume({"row": {}}, "probs", tmp_path / "x.nii.gz")
+
+
+def test_cache_keeps_the_last_results(label_models, phantom_images, monkeypatch):
+    a, b = list(phantom_images.values())[:2]
+    service = AlarmService(label_models, device="cpu", cache_size=1)
+    runs = []
+
+    def fake_run(path):  # the cache logic alone: no networks run
+        runs.append(path.name)
+        d = service._work / f"run{len(runs)}"
+        d.mkdir()
+        return {"row": {}, "summary": {}, "seconds": 0.0, "dir": d}
+
+    monkeypatch.setattr(service, "_run", fake_run)
+    try:
+        first = service.alarm(a)
+        assert service.alarm(a)["cached"] and not service.alarm(b)["cached"]
+        assert not first["dir"].exists()  # a's result was evicted by b's
+        assert not service.alarm(a)["cached"] and runs == [a.name, b.name, a.name]
+    finally:
+        service.close()
+    assert not first["dir"].parent.exists()
