@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthcp3d.alarms.samples import case_dice, mask_channels, one_hot_input
+from synthcp3d.alarms.samples import case_dice, mask_channels
+from synthcp3d.data.labels import one_hot
 from synthcp3d.engines.inferers import autocast_context, to_channels_last
 
 __all__ = ["PERTURBATIONS", "apply_perturbation", "augment_samples", "draw_perturbation"]
@@ -133,7 +134,7 @@ def augment_samples(
             base = label if rng.random() < from_label_prob else pred
             ops = draw_perturbation(rng, spatial_dims=label.ndim)
             new = apply_perturbation(base, ops)
-            onehot = one_hot_input(new, num_classes)
+            onehot = one_hot(new, num_classes)
             with autocast_context(device, amp_dtype):
                 y = generator(to_channels_last(onehot[None].to(device)))
             synth = ((y[0].float().clamp(-1, 1) + 1) / 2).cpu()

@@ -39,13 +39,14 @@ from synthcp3d.alarms.baselines import PIXEL_BASELINES, mc_dropout_iou, pixel_co
 from synthcp3d.alarms.comparator import comparator_forward, train_comparator
 from synthcp3d.alarms.vae import fit_dice_regressor, predict_dice_regressor, train_shape_vae, vae_features
 from synthcp3d.data.io import DataError, atomic_write_text, read_json, read_png
+from synthcp3d.data.labels import one_hot
 from synthcp3d.engines.checkpoints import load_weights
 from synthcp3d.engines.inferers import autocast_context
 from synthcp3d.metrics import PixelFailureMetrics, dice_iou, image_level
 from synthcp3d.reports.tables import json_safe
 
 __all__ = ["IMAGE_METHODS", "METHOD_LABELS", "PIXEL_METHODS", "ROLES", "evaluate_failure_detection",
-           "evaluate_index", "load_failure_samples", "one_hot_ignore", "train_failure_detectors"]  # fmt: skip
+           "evaluate_index", "load_failure_samples", "train_failure_detectors"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -66,21 +67,6 @@ PIXEL_METHODS = ("msp", "entropy", "mcdropout", "direct", "synthcp_separate", "s
 _NETWORK_METHODS = {"direct": ("direct", "direct"), "synthcp_separate": ("score", "error"),
                     "synthcp_joint": ("joint", "joint")}  # fmt: skip
 MANIFEST = "failure_models.json"
-
-
-def one_hot_ignore(label: torch.Tensor, num_classes: int, ignore_index: int | None = 255) -> torch.Tensor:
-    """Label map ``(*S)`` -> float one-hot ``(num_classes, *S)``, all-zero at ``ignore_index`` pixels.
-
-    Raises:
-        ValueError: a value outside ``[0, num_classes)`` that is not ``ignore_index``.
-    """
-    label = torch.as_tensor(label).long()
-    keep = torch.ones_like(label, dtype=torch.bool) if ignore_index is None else label != ignore_index
-    bad = keep & ((label < 0) | (label >= num_classes))
-    if bad.any():
-        raise ValueError(f"label values {torch.unique(label[bad]).tolist()[:10]} outside [0, {num_classes}) "
-                         f"and not ignore_index={ignore_index}")  # fmt: skip
-    return F.one_hot(torch.where(keep, label, 0), num_classes).movedim(-1, 0).float() * keep
 
 
 def _read_index(index: str | Path | Mapping) -> dict:
@@ -127,7 +113,7 @@ def load_failure_samples(
                 raise DataError(path, f"synthesized image {tuple(synth.shape)} does not match the input "
                                 f"{tuple(image.shape)} of case {cid!r}")  # fmt: skip
         s = {"case_id": cid, "split": rec.get("split"), "paths": dict(rec), "image": image, "synth": synth,
-             "probs": one_hot_ignore(pred, num_classes, None), "pred": pred, "label": None, "target": None,
+             "probs": one_hot(pred, num_classes), "pred": pred, "label": None, "target": None,
              "error": None, "ignore": None}  # fmt: skip
         if rec.get("label"):
             label = torch.from_numpy(read_png(rec["label"]).astype(np.int64))
@@ -145,7 +131,7 @@ def _vae_masks(labels: Sequence[torch.Tensor], size: Sequence[int], num_classes:
     """(N, C, *size) one-hot masks of label maps resized (nearest) to the VAE's input shape."""
     maps = torch.stack([torch.as_tensor(m).long() for m in labels])[:, None].float()
     maps = F.interpolate(maps, size=tuple(size), mode="nearest")[:, 0].long()
-    return torch.stack([one_hot_ignore(m, num_classes, ignore_index) for m in maps])
+    return torch.stack([one_hot(m, num_classes, ignore_index) for m in maps])
 
 
 def train_failure_detectors(

@@ -21,12 +21,12 @@ from monai import transforms as mt
 from monai.data import MetaTensor
 
 from synthcp3d.data.io import DataError, read_json, write_nifti
+from synthcp3d.data.labels import one_hot
 from synthcp3d.data.msd import read_volume
 from synthcp3d.data.transforms import ct_inference_transforms, load_resampled
 from synthcp3d.metrics.segmentation import dice_iou
 
-__all__ = ["CLASS_NAMES", "build_samples", "case_dice", "load_index", "mask_channels", "one_hot_input",
-           "paste_to_input_grid"]
+__all__ = ["CLASS_NAMES", "build_samples", "case_dice", "load_index", "mask_channels", "paste_to_input_grid"]
 
 CLASS_NAMES = ("pancreas", "tumour")
 """Dice targets, in order: pancreas = label >= 1 (pancreas incl. tumour, as MSD evaluates), tumour = label 2."""
@@ -41,11 +41,6 @@ def mask_channels(labels: torch.Tensor | np.ndarray) -> torch.Tensor:
     if t.ndim >= 4 and t.shape[-4] == 1:
         t = t.squeeze(-4)
     return torch.stack([t >= 1, t == 2], dim=-4).float()
-
-
-def one_hot_input(label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Label map ``(*S)`` -> float one-hot ``(num_classes, *S)`` (the ŷ input of the comparator / generator)."""
-    return F.one_hot(label.long().clamp(0, num_classes - 1), num_classes).movedim(-1, 0).float()
 
 
 def case_dice(pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -211,7 +206,7 @@ def build_samples(
             "image": _crop(image.as_tensor().float(), start, roi),
             "synth": None,
             "probs": _crop(probs, start, roi) if pred_input == "probs" else
-            one_hot_input(_crop(pred.as_tensor()[None], start, roi)[0], num_classes),
+            one_hot(_crop(pred.as_tensor()[None], start, roi)[0], num_classes),
             "pred_mask": mask_channels(_crop(pred.as_tensor()[None], start, roi)).to(torch.uint8),
             "label_mask": None, "error": None,
             "ignore": ~_crop(ones, start, roi, value=False),

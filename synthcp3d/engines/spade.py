@@ -38,6 +38,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver, TensorBoardStatsHa
 from monai.inferers import SlidingWindowInferer
 
 from synthcp3d.data.io import read_png, write_nifti, write_png
+from synthcp3d.data.labels import one_hot
 from synthcp3d.data.transforms import ct_inference_transforms, scene_transforms
 from synthcp3d.engines.checkpoints import latest_checkpoint
 from synthcp3d.engines.distributed import distributed_sampler, is_main_process, unwrap, wrap_ddp
@@ -73,21 +74,6 @@ SPADE_LAYOUT = """\
 """
 
 _LOSS_KEYS = ("loss_g", "loss_d", "g_adv", "g_fm", "g_l1", "g_perceptual")
-
-
-def _one_hot(label: torch.Tensor, num_classes: int, ignore_index: int | None = None) -> torch.Tensor:
-    """``label`` (B, 1, *S) integer-valued -> float one-hot (B, num_classes, *S); ``ignore_index`` voxels get
-    an all-zero vector (no label signal, as SPADE's "don't care"); ValueError on any other bad value."""
-    lab = label.long()[:, 0]
-    keep = None
-    if ignore_index is not None:
-        keep = lab != ignore_index
-        lab = torch.where(keep, lab, torch.zeros_like(lab))
-    if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
-        raise ValueError(f"label values {int(lab.min())}..{int(lab.max())} outside [0, {num_classes - 1}]"
-                         + (f" (ignore_index={ignore_index})" if ignore_index is not None else ""))  # fmt: skip
-    out = F.one_hot(lab, num_classes).movedim(-1, 1).float()
-    return out if keep is None else out * keep[:, None]
 
 
 _FLUSH_DEPTH = 0
@@ -446,7 +432,7 @@ def train_spade(
     }
 
     def step(engine: Engine, batch: dict) -> dict[str, float]:
-        seg = to_channels_last(_one_hot(_tensor(batch["label"]), num_classes, ignore_index).to(device))
+        seg = to_channels_last(one_hot(_tensor(batch["label"])[:, 0], num_classes, ignore_index, dim=1).to(device))
         real = to_channels_last(_tensor(batch["image"]).float().to(device))
         losses, fake = spade_step(net_g, net_d, opt_g, opt_d, seg, real, **loss_kw)
         if main and engine.state.iteration % log_every == 0:
@@ -536,7 +522,7 @@ def synthesize(
     """
     generator = unwrap(generator).eval()
     _check_roi(generator, roi_size if roi_size is not None else labels.shape[2:], "roi_size" if roi_size else "size")
-    seg = to_channels_last(_one_hot(labels, num_classes, ignore_index))
+    seg = to_channels_last(one_hot(torch.as_tensor(labels)[:, 0], num_classes, ignore_index, dim=1))
     with flush_denormals(seg.device):
         if roi_size is None:
             with autocast_context(seg.device, amp_dtype):

@@ -11,10 +11,10 @@ from synthcp3d.alarms.failure_detection import (
     METHOD_LABELS,
     evaluate_index,
     load_failure_samples,
-    one_hot_ignore,
     train_failure_detectors,
 )
 from synthcp3d.data.io import DataError, write_png
+from synthcp3d.data.labels import one_hot
 from synthcp3d.metrics import image_level
 from synthcp3d.networks import DirectPredictor, ShapeVAE, SiameseComparator
 from synthcp3d.reports.table1 import iou_scatter_png, write_table1
@@ -53,10 +53,10 @@ def _index(root, n=6, seed=0):
 
 def test_one_hot_ignore():
     lab = torch.tensor([[0, 2], [255, 1]])
-    oh = one_hot_ignore(lab, 3)
+    oh = one_hot(lab, 3, ignore_index=255)
     assert oh.shape == (3, 2, 2) and oh[:, 1, 0].sum() == 0 and oh[2, 0, 1] == 1 and oh.sum() == 3
     with pytest.raises(ValueError, match="outside"):
-        one_hot_ignore(torch.tensor([[3]]), 3)
+        one_hot(torch.tensor([[3]]), 3, ignore_index=255)
 
 
 def test_baselines_by_hand():

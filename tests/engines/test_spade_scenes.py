@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from synthcp3d.data.io import read_png, write_png
+from synthcp3d.data.labels import one_hot
 from synthcp3d.data.phantom_scenes import make_scene_dataset
 from synthcp3d.data.streethazards import NUM_CLASSES, load_streethazards, streethazards_datalist
-from synthcp3d.engines.spade import _one_hot, make_scene_loader, synthesize, synthesize_images, train_spade
+from synthcp3d.engines.spade import make_scene_loader, synthesize, synthesize_images, train_spade
 from synthcp3d.networks import ConditionalDiscriminator, SPADEGenerator
 
 SIZE = (32, 64)
@@ -29,14 +30,14 @@ def root(tmp_path_factory):
 
 def test_one_hot_ignore_is_all_zero():
     lab = torch.tensor([[[0, 2], [255, 1]]])[:, None]  # (1, 1, 2, 2)
-    oh = _one_hot(lab, 3, ignore_index=255)
+    oh = one_hot(lab[:, 0], 3, ignore_index=255, dim=1)
     assert oh.shape == (1, 3, 2, 2)
     assert oh[0, :, 1, 0].tolist() == [0, 0, 0]
     assert oh[0, :, 0, 1].tolist() == [0, 0, 1] and oh[0, :, 1, 1].tolist() == [0, 1, 0]
     with pytest.raises(ValueError, match=r"outside \[0, 2\].*ignore_index=255"):
-        _one_hot(torch.tensor([[[[3, 255]]]]), 3, ignore_index=255)
+        one_hot(torch.tensor([[[3, 255]]]), 3, ignore_index=255, dim=1)
     with pytest.raises(ValueError, match="outside"):
-        _one_hot(lab, 3)  # 255 without ignore_index is an error, as before
+        one_hot(lab[:, 0], 3, dim=1)  # 255 without ignore_index is an error
 
 
 def test_scene_loader_batches(root):
