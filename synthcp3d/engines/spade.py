@@ -39,7 +39,7 @@ from monai.inferers import SlidingWindowInferer
 
 from synthcp3d.data.io import read_png, write_nifti, write_png
 from synthcp3d.data.labels import one_hot
-from synthcp3d.data.transforms import ct_inference_transforms, scene_transforms
+from synthcp3d.data.transforms import ct_inference_transforms, load_resampled, scene_transforms
 from synthcp3d.engines.checkpoints import latest_checkpoint
 from synthcp3d.engines.distributed import distributed_sampler, is_main_process, unwrap, wrap_ddp
 from synthcp3d.engines.inferers import AutocastInferer, autocast_context, to_channels_last
@@ -619,13 +619,7 @@ def synthesize_volumes(
     _check_roi(generator, roi_size, "roi_size")
     device = torch.device(device)
     generator = unwrap(generator).to(device).eval()
-    pre = mt.Compose([
-        mt.LoadImaged(keys="pred", image_only=False),
-        mt.EnsureChannelFirstd(keys="pred"),
-        mt.Orientationd(keys="pred", axcodes="RAS"),
-        mt.Spacingd(keys="pred", pixdim=tuple(pixdim), mode="nearest"),
-        mt.EnsureTyped(keys="pred", track_meta=True),
-    ])  # fmt: skip
+    pre = mt.Compose([*load_resampled(["pred"], pixdim, ["nearest"]), mt.EnsureTyped(keys="pred", track_meta=True)])
     invert = mt.Invertd(keys="synth", transform=pre, orig_keys="pred", nearest_interp=False, to_tensor=True)
     lo, hi = float(hu_window[0]), float(hu_window[1])
     out = {}
