@@ -27,6 +27,8 @@ def _worker(root: Path, amp: str | None, reps: int) -> dict:
 
     import torch
 
+    # as the bundle's alarm config and the demo do, before the first torch op (every intra-op thread inherits it)
+    torch.set_flush_denormal(True)
     from synthcp3d.alarms.comparator import predict_comparator
     from synthcp3d.alarms.samples import build_samples, load_index
     from synthcp3d.alarms.vae import vae_features
