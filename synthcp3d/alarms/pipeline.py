@@ -114,10 +114,10 @@ def _write_stage(path: Path, stage: str, cv: Sequence[dict], test: Sequence[dict
                  cv_preds: Mapping, test_preds: Mapping, settings: Mapping) -> dict:  # fmt: skip
     group_of = {i: k for k, g in enumerate(groups) for i in g}
     cases = {}
-    for preds, samples, offset in ((cv_preds, cv, True), (test_preds, test, False)):
+    for preds, samples, is_cv in ((cv_preds, cv, True), (test_preds, test, False)):
         for i, s in enumerate(samples):
             cases[s["case_id"]] = {
-                "split": s["split"], "group": group_of[i] if offset else None,
+                "split": s["split"], "group": group_of[i] if is_cv else None,
                 "true": [_num(v) for v in s["true"]], "paths": {k: str(v) for k, v in s["paths"].items()},
                 "predicted": {m: [_num(v) for v in preds[m][i]] for m in preds},
             }  # fmt: skip
