@@ -33,10 +33,19 @@ def _cmd_phantom_scenes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _amp_dtype(value: str) -> str:
+    from synthcp3d.engines.precision import parse_amp_dtype
+
+    try:
+        return parse_amp_dtype(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from synthcp3d.demo import run_demo
 
-    return run_demo(Path(args.out), seed=args.seed, bundle=args.bundle, cases=args.cases)
+    return run_demo(Path(args.out), seed=args.seed, bundle=args.bundle, cases=args.cases, amp_dtype=args.amp_dtype)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -102,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="working folder (default runs/demo)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--amp-dtype", default="auto", type=_amp_dtype,
+                      help="precision: auto (bf16 only where computed natively), float32, bfloat16")  # fmt: skip
     demo.add_argument("--cases", type=int, default=32, help="phantom training cases (default 32)")
     demo.add_argument("--bundle", type=Path, default=None,
                       help="the pancreas_synthcp bundle folder (default: bundles/pancreas_synthcp of this repository)")

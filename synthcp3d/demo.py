@@ -57,15 +57,16 @@ def _dice_spread(index: dict) -> str:
             f"over {len(t)} cases; pancreas Dice median {np.nanmedian(p):.2f}")
 
 
-def run_demo(out: Path, seed: int = 0, bundle: Path | None = None, cases: int = 32) -> int:
-    """Run the demo into ``out``; returns an exit code."""
-    import torch
-
+def run_demo(out: Path, seed: int = 0, bundle: Path | None = None, cases: int = 32, amp_dtype: str = "auto") -> int:
+    """Run the demo into ``out`` with precision ``amp_dtype`` (see ``engines.precision``); returns an exit code."""
     from synthcp3d.data.phantom_pancreas import make_pancreas_dataset
+    from synthcp3d.engines.precision import parse_amp_dtype, resolve_precision, set_flush_denormals
 
+    amp_dtype = parse_amp_dtype(amp_dtype)
     # before the first torch op, so that every intra-op thread inherits it: SPADE's activations go denormal, and
-    # the CPU computes denormals in microcode (a 3D GAN step measured 14.4 -> 2.2 CPU s, engines.spade)
-    torch.set_flush_denormal(True)
+    # the CPU computes denormals in microcode (a 3D GAN step measured 14.4 -> 2.2 CPU s, engines.precision)
+    set_flush_denormals(True)
+    print(f"[synthcp3d demo] {resolve_precision(amp_dtype).describe()}", flush=True)
     out = Path(out).resolve()
     bundle = Path(bundle or default_bundle())
     if not (bundle / "configs" / "common.json").is_file():
@@ -84,7 +85,8 @@ def run_demo(out: Path, seed: int = 0, bundle: Path | None = None, cases: int = 
     runs = out / "runs"
     for i, (name, config) in enumerate(DEMO_STAGES, start=2):
         t0 = stage(i, n, name)
-        run_bundle_config(bundle, [config], dataset_dir=str(data), output_dir=str(runs), models_dir=str(out / "models"))
+        run_bundle_config(bundle, [config], dataset_dir=str(data), output_dir=str(runs), models_dir=str(out / "models"),
+                          amp_dtype=amp_dtype)  # fmt: skip
         print(f"    done ({time.perf_counter() - t0:.0f} s)", flush=True)
         if config == "crossval.json":
             index = json.loads((runs / "segmenter/predictions/index.json").read_text())

@@ -26,7 +26,8 @@ from synthcp3d.alarms.baselines import msp_confidence
 from synthcp3d.data.transforms import scene_transforms
 from synthcp3d.engines.distributed import unwrap
 from synthcp3d.engines.inferers import autocast_context
-from synthcp3d.engines.spade import flush_denormals, synthesize
+from synthcp3d.engines.precision import flush_denormals
+from synthcp3d.engines.spade import synthesize
 from synthcp3d.metrics import AnomalyMetrics
 
 __all__ = [
@@ -91,7 +92,7 @@ def anomaly_maps(
     num_classes: int,
     *,
     thresholds: Sequence[float] = PAPER_THRESHOLDS,
-    amp_dtype: str | None = None,
+    amp_dtype: str | None = "auto",
 ) -> dict[str, torch.Tensor]:
     """Every anomaly map of a batch: baselines, eq. 9 and eq. 9 post-processed at each ``t``.
 
@@ -152,7 +153,7 @@ def evaluate_anomaly(
     metric_mode: str = "exact",
     num_examples: int = 4,
     device: str | torch.device = "cpu",
-    amp_dtype: str | None = None,
+    amp_dtype: str | None = "auto",
     progress: bool = True,
 ) -> dict:
     """Evaluate anomaly segmentation on a test split with the benchmark's per-image averaging.

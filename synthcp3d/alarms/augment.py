@@ -107,7 +107,7 @@ def augment_samples(
     num_classes: int = 3,
     from_label_prob: float = 0.5,
     seed: int = 0,
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
     device: str | torch.device = "cpu",
 ) -> list[dict]:
     """``per_case`` perturbed copies of every labelled sample of :func:`~synthcp3d.alarms.samples.build_samples`.

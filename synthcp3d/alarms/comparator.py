@@ -14,6 +14,7 @@ from ignite.engine import Engine
 from synthcp3d.alarms.samples import paste_to_input_grid
 from synthcp3d.alarms.training import finite_step, flip_loader, run_iterations, save_final
 from synthcp3d.engines.inferers import autocast_context, to_channels_last
+from synthcp3d.engines.precision import resolve_precision
 from synthcp3d.losses.comparator import ComparatorLoss
 
 __all__ = ["comparator_forward", "predict_comparator", "train_comparator", "uses_synth"]
@@ -60,7 +61,7 @@ def train_comparator(
     score_weight: float = 1.0,
     error_weight: float = 1.0,
     flip_prob: float = 0.5,
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
     device: str | torch.device = "cpu",
     resume: bool = True,
     progress: bool = True,
@@ -84,7 +85,7 @@ def train_comparator(
         network: comparator with ``num_classes`` equal to the samples' probability channels.
         samples: samples with ground truth (those without ``"error"`` are skipped).
         iterations: total optimizer steps.
-        amp_dtype: ``"bfloat16"`` or ``None`` (fp32).
+        amp_dtype: precision request (``"auto"``, ``"float32"``, ``"bfloat16"``; see ``engines.precision``).
         seed: seed of the shuffling and the flips (weights are initialised by the caller).
         flip_axes: spatial axes flipped at random (default all; ``[1]``: left-right only, for 2D street scenes).
 
@@ -92,8 +93,7 @@ def train_comparator(
         ``{"model": path of model.pt, "iterations": final iteration, "start_iteration": resumed from,
         "loss": last loss}``.
     """
-    if amp_dtype not in (None, "bfloat16", torch.bfloat16):
-        raise ValueError(f"amp_dtype must be 'bfloat16' or None, got {amp_dtype!r}")
+    amp_dtype = resolve_precision(amp_dtype, device)
     device = torch.device(device)
     network = network.to(device)
     items, spatial = _items(network, samples, with_targets=True)
@@ -122,7 +122,7 @@ def predict_comparator(
     samples: Sequence[dict],
     *,
     error_map_dir: str | Path | None = None,
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Per-case predicted Dice of the foreground classes, in eval mode under ``amp_dtype`` autocast with

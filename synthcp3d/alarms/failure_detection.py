@@ -148,7 +148,7 @@ def train_failure_detectors(
     batch_size: int = 4,
     flip_axes: Sequence[int] = (1,),
     ridge_alpha: float = 0.1,
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict:
@@ -218,7 +218,7 @@ def evaluate_failure_detection(
     num_classes: int = 19,
     ignore_index: int = 255,
     methods: Sequence[str] | None = None,
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
     device: str | torch.device = "cpu",
     bins: int = 1 << 16,
 ) -> dict:

@@ -25,6 +25,7 @@ from synthcp3d.alarms.samples import CLASS_NAMES, build_samples, load_index
 from synthcp3d.alarms.vae import predict_dice_regressor, vae_features
 from synthcp3d.data.io import DataError, atomic_write_bytes, atomic_write_text, read_json
 from synthcp3d.engines.checkpoints import load_weights
+from synthcp3d.engines.precision import Precision, resolve_precision
 
 __all__ = ["MODEL_FILES", "MODELS_LAYOUT", "alarm_new_images", "export_models", "load_alarm_networks"]
 
@@ -54,14 +55,18 @@ MODELS_LAYOUT = """\
 
 
 def _hint(name: str) -> str:
-    return (f"produced by the bundle's {_PRODUCED_BY[name]} config, then export_models "
-            "(or run `synthcp3d demo --out DIR`, which writes DIR/models)")
+    return (
+        f"produced by the bundle's {_PRODUCED_BY[name]} config, then export_models "
+        "(or run `synthcp3d demo --out DIR`, which writes DIR/models)"
+    )
 
 
-def export_models(output_dir: str | Path, models_dir: str | Path, *, profile: str | None = None) -> dict:
+def export_models(output_dir: str | Path, models_dir: str | Path, *, profile: str | None = None,
+                  precision: Precision | str | None = "auto") -> dict:  # fmt: skip
     """Copy the final weights of a bundle run (its ``output_dir``) into ``models_dir`` (:data:`MODELS_LAYOUT`).
 
-    Files are written atomically; the Direct Prediction model is optional.
+    Files are written atomically; the Direct Prediction model is optional. ``precision`` (resolved for the CPU
+    unless a :class:`~synthcp3d.engines.precision.Precision` is given) is recorded in the manifest.
 
     Returns:
         The manifest, also written to ``<models_dir>/manifest.json``.
@@ -80,7 +85,7 @@ def export_models(output_dir: str | Path, models_dir: str | Path, *, profile: st
         atomic_write_bytes(dst / name, path.read_bytes())
         files[name] = rel
     manifest = {"profile": profile, "source": str(src.resolve()), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "files": files}  # fmt: skip
+                "precision": resolve_precision(precision).as_dict(), "files": files}  # fmt: skip
     atomic_write_text(dst / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
 
@@ -117,8 +122,8 @@ def alarm_new_images(
     vae: torch.nn.Module,
     direct: torch.nn.Module | None = None,
     segment_roi_size: Sequence[int] = (48, 48, 32),
-    synth_roi_size: Sequence[int] = (64, 64, 32),
-    amp_dtype: str | None = "bfloat16",
+    synth_roi_size: Sequence[int] | None = None,
+    amp_dtype: str | None = "auto",
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> list[dict]:
@@ -138,7 +143,8 @@ def alarm_new_images(
             "case_id"?}``.
         models_dir: folder with ``alarm_models.json`` (:data:`MODELS_LAYOUT`).
         segmenter, generator, comparator, vae, direct: trained networks; ``direct`` None gives null values.
-        segment_roi_size, synth_roi_size: sliding-window sizes of the segmenter and the generator.
+        segment_roi_size, synth_roi_size: sliding-window sizes of the segmenter and the generator (None: the
+            generator synthesizes each volume in one pass).
 
     Returns:
         The rows, also written to ``<out_dir>/alarm_table.json``.

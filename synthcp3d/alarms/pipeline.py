@@ -40,6 +40,7 @@ from synthcp3d.alarms.ensemble import conformal_interval, conformal_quantile, me
 from synthcp3d.alarms.samples import CLASS_NAMES, build_samples, load_index
 from synthcp3d.alarms.vae import fit_dice_regressor, predict_dice_regressor, train_shape_vae, vae_features
 from synthcp3d.data.io import DataError, atomic_write_text, read_json
+from synthcp3d.engines.precision import resolve_precision
 
 __all__ = ["ALARM_LAYOUT", "METHODS", "ensemble_alarm_table", "rows_for", "train_comparator_alarms",
            "train_vae_alarm"]  # fmt: skip
@@ -149,7 +150,7 @@ def train_comparator_alarms(
     batch_size: int = 2,
     out_of_fold: bool = True,
     num_folds: int = 4,
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
     device: str | torch.device = "cpu",
     resume: bool = True,
     progress: bool = True,
@@ -214,7 +215,8 @@ def train_comparator_alarms(
         return preds, None
 
     cv_preds, test_preds, _ = _stage_protocol(cv, test, groups, out_of_fold, train_and_predict)
-    settings = {**crop, "direct": direct is not None, "out_of_fold": out_of_fold,
+    settings = {**crop, "precision": resolve_precision(amp_dtype, device).as_dict(),
+                "direct": direct is not None, "out_of_fold": out_of_fold,
                 "augment_per_case": augment_per_case, "iterations": iterations}  # fmt: skip
     return _write_stage(out / STAGE_FILES["comparator"], "comparator", cv, test, groups, cv_preds, test_preds,
                         settings)  # fmt: skip
@@ -235,7 +237,7 @@ def train_vae_alarm(
     regressor_alpha: float = 0.1,
     out_of_fold: bool = True,
     num_folds: int = 4,
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
     device: str | torch.device = "cpu",
     resume: bool = True,
     progress: bool = True,
@@ -274,7 +276,8 @@ def train_vae_alarm(
         return {"vae_alarm": pred}, params
 
     cv_preds, test_preds, params = _stage_protocol(cv, test, groups, out_of_fold, train_and_predict)
-    settings = {**crop, "out_of_fold": out_of_fold, "iterations": iterations, "regressor": params}
+    settings = {**crop, "precision": resolve_precision(amp_dtype, device).as_dict(), "out_of_fold": out_of_fold,
+                "iterations": iterations, "regressor": params}  # fmt: skip
     return _write_stage(out / STAGE_FILES["vae"], "vae", cv, test, groups, cv_preds, test_preds, settings)
 
 
@@ -381,4 +384,3 @@ def ensemble_alarm_table(out_dir: str | Path, *, alpha: float = 0.1, review_thre
     atomic_write_text(out / "alarm_models.json", json.dumps(settings, indent=1))
     atomic_write_text(out / "alarm_table.json", json.dumps(rows, indent=1))
     return rows
-

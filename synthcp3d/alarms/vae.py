@@ -19,6 +19,7 @@ from monai.losses import DiceLoss
 
 from synthcp3d.alarms.training import finite_step, flip_loader, run_iterations, save_final
 from synthcp3d.engines.inferers import autocast_context, to_channels_last
+from synthcp3d.engines.precision import resolve_precision
 from synthcp3d.losses.vae import VAELoss
 
 __all__ = ["FEATURE_NAMES", "fit_dice_regressor", "predict_dice_regressor", "train_shape_vae", "vae_features"]
@@ -46,7 +47,7 @@ def train_shape_vae(
     beta: float = 1.0,
     recon: str = "bce",
     flip_prob: float = 0.5,
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
     device: str | torch.device = "cpu",
     resume: bool = True,
     progress: bool = True,
@@ -65,8 +66,7 @@ def train_shape_vae(
     Returns:
         ``{"model": path of model.pt, "iterations", "start_iteration", "loss"}``.
     """
-    if amp_dtype not in (None, "bfloat16", torch.bfloat16):
-        raise ValueError(f"amp_dtype must be 'bfloat16' or None, got {amp_dtype!r}")
+    amp_dtype = resolve_precision(amp_dtype, device)
     device = torch.device(device)
     vae = vae.to(device)
     loader = flip_loader([{"mask": m} for m in _stack(masks)], ["mask"], batch_size, flip_prob, seed)
@@ -94,7 +94,7 @@ def vae_features(
     masks: torch.Tensor | Sequence[torch.Tensor],
     *,
     batch_size: int = 4,
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Alarm features of predicted masks (columns :data:`FEATURE_NAMES`), deterministic (eval mode,

@@ -1,9 +1,10 @@
 """Mixed-precision helpers usable with any MONAI engine or inferer.
 
 MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` only autocast on CUDA (``amp=True`` uses
-``torch.autocast("cuda")``). On CPUs with AMX-bf16 a bf16 channels-last convolution is ~5x faster than
+``torch.autocast("cuda")``). On CPUs with native bf16 (AMX) a bf16 channels-last convolution is ~5x faster than
 fp32, so :class:`AutocastInferer` wraps any MONAI inferer and runs it under ``torch.autocast`` on the
-input's own device (CPU or GPU), returning fp32 so losses and metrics stay in full precision.
+input's own device (CPU or GPU), returning fp32 so losses and metrics stay in full precision. Which dtype is
+used is decided by :mod:`synthcp3d.engines.precision` (``"auto"``: bf16 only where it is native).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 import torch
 from monai.inferers import Inferer, SimpleInferer
+
+from synthcp3d.engines.precision import resolve_precision
 
 __all__ = ["AutocastInferer", "autocast_context", "to_channels_last"]
 
@@ -25,12 +28,14 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def autocast_context(device: torch.device | str, dtype: torch.dtype | str | None):
-    """``torch.autocast`` for ``device`` with ``dtype`` (e.g. ``"bfloat16"``); a no-op context for ``None``."""
-    dev = torch.device(device).type
-    if dtype is None:
-        return torch.autocast(dev, enabled=False)
-    return torch.autocast(dev, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+def autocast_context(device: torch.device | str, dtype: torch.dtype | str | None = "auto"):
+    """``torch.autocast`` on ``device`` for a precision request (``"auto"``, ``"float32"``/``None``, ``"bfloat16"``;
+    see :func:`~synthcp3d.engines.precision.resolve_precision`); a disabled autocast when it resolves to fp32."""
+    dev = torch.device(device)
+    resolved = resolve_precision(dtype, dev).dtype
+    if resolved is None:
+        return torch.autocast(dev.type, enabled=False)
+    return torch.autocast(dev.type, dtype=getattr(torch, resolved))
 
 
 class AutocastInferer(Inferer):
@@ -38,11 +43,11 @@ class AutocastInferer(Inferer):
 
     Args:
         base: the MONAI inferer to wrap (e.g. ``SlidingWindowInferer``).
-        dtype: autocast dtype (``"bfloat16"``, ``"float16"``) or ``None`` for plain fp32.
+        dtype: precision request: ``"auto"`` (bf16 only where native), ``"float32"``/``None``, ``"bfloat16"``.
         channels_last: convert 4D/5D inputs to channels-last memory format first.
     """
 
-    def __init__(self, base: Inferer | None = None, dtype: str | torch.dtype | None = "bfloat16",
+    def __init__(self, base: Inferer | None = None, dtype: str | torch.dtype | None = "auto",
                  channels_last: bool = True) -> None:  # fmt: skip
         super().__init__()
         self.base = base or SimpleInferer()

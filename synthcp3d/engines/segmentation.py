@@ -48,6 +48,7 @@ from synthcp3d.data.transforms import ct_inference_transforms, ct_train_transfor
 from synthcp3d.engines.checkpoints import latest_checkpoint
 from synthcp3d.engines.distributed import distributed_sampler, is_main_process, unwrap, wrap_ddp
 from synthcp3d.engines.inferers import AutocastInferer
+from synthcp3d.engines.precision import resolve_precision
 
 __all__ = ["PREDICTION_LAYOUT", "SCENE_PREDICTION_LAYOUT", "cross_validate", "fold_split", "predict_volumes",
            "train_segmenter", "write_nifti_prediction", "write_scene_prediction"]  # fmt: skip
@@ -120,7 +121,7 @@ def train_segmenter(
     class_ratios: Sequence[float] | None = (1.0, 2.0, 3.0),
     class_weights: Sequence[float] | None = None,
     val_interval: int = 5,
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
     device: str | torch.device = "cpu",
     resume: bool = True,
     progress: bool = True,
@@ -182,8 +183,14 @@ def train_segmenter(
             post = mt.Lambda(partial(_one_hot_ignoring, num_classes=num_classes, ignore_index=ignore_index))
         val_ds = Dataset(list(val_items), val_transform or ct_inference_transforms(pixdim, hu_window, with_label=True))
         val_sampler = distributed_sampler(val_ds, shuffle=False) if distributed else None
-        val_handlers = [StatsHandler(iteration_log=False),
-                        TensorBoardStatsHandler(log_dir=str(out_dir / "tb"), iteration_log=False)] if main else []
+        val_handlers = (
+            [
+                StatsHandler(iteration_log=False),
+                TensorBoardStatsHandler(log_dir=str(out_dir / "tb"), iteration_log=False),
+            ]
+            if main
+            else []
+        )
         evaluator = SupervisedEvaluator(
             device=device,
             val_data_loader=DataLoader(val_ds, batch_size=1, sampler=val_sampler, num_workers=num_workers),
@@ -240,9 +247,11 @@ def write_nifti_prediction(transform: Callable) -> Callable:
     def write(case_dir: Path, data: dict, outputs: dict[str, torch.Tensor]) -> dict[str, str]:
         paths = {}
         for name, out in outputs.items():
-            data[name] = MetaTensor(torch.as_tensor(out).as_subclass(torch.Tensor),
-                                    meta=copy.deepcopy(data["image"].meta),
-                                    applied_operations=copy.deepcopy(data["image"].applied_operations))
+            data[name] = MetaTensor(
+                torch.as_tensor(out).as_subclass(torch.Tensor),
+                meta=copy.deepcopy(data["image"].meta),
+                applied_operations=copy.deepcopy(data["image"].applied_operations),
+            )
         inverted = mt.Invertd(keys=list(outputs), transform=transform, orig_keys="image", nearest_interp=False,
                               to_tensor=True)(data)  # fmt: skip
         for name in outputs:
@@ -288,7 +297,7 @@ def predict_volumes(
     roi_size: Sequence[int] = (48, 48, 32),
     pixdim: Sequence[float] = (2.0, 2.0, 2.5),
     hu_window: Sequence[float] = (-87.0, 199.0),
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
     overlap: float = 0.25,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -373,7 +382,9 @@ def cross_validate(
     train_kwargs, predict_kwargs = dict(train_kwargs or {}), dict(predict_kwargs or {})
     by_id = {it["case_id"]: it for it in train_items}
     folds = fold_split(sorted(by_id), num_folds, fold_seed, fold_shuffle)
-    split = {"seed": fold_seed, "num_folds": num_folds, "shuffle": fold_shuffle, "folds": folds}
+    precision = resolve_precision(train_kwargs.get("amp_dtype", "auto"), device)
+    split = {"seed": fold_seed, "num_folds": num_folds, "shuffle": fold_shuffle, "folds": folds,
+             "precision": precision.as_dict()}  # fmt: skip
     atomic_write_text(out_dir / "folds.json", json.dumps(split, indent=1))
     index: dict[str, dict] = {}
     pred_dir = out_dir / "predictions"

@@ -20,7 +20,6 @@ with ``label_probabilities``, so the rare tumour is seen often. 2D scenes train 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import os
@@ -43,6 +42,7 @@ from synthcp3d.data.transforms import ct_inference_transforms, load_resampled, s
 from synthcp3d.engines.checkpoints import latest_checkpoint
 from synthcp3d.engines.distributed import distributed_sampler, is_main_process, unwrap, wrap_ddp
 from synthcp3d.engines.inferers import AutocastInferer, autocast_context, to_channels_last
+from synthcp3d.engines.precision import flush_denormals, resolve_precision
 from synthcp3d.losses.gan import (
     PerceptualTerm,
     discriminator_hinge_loss,
@@ -52,7 +52,6 @@ from synthcp3d.losses.gan import (
 
 __all__ = [
     "SPADE_LAYOUT",
-    "flush_denormals",
     "make_patch_queue",
     "make_scene_loader",
     "spade_step",
@@ -74,38 +73,6 @@ SPADE_LAYOUT = """\
 """
 
 _LOSS_KEYS = ("loss_g", "loss_d", "g_adv", "g_fm", "g_l1", "g_perceptual")
-
-
-_FLUSH_DEPTH = 0
-
-
-@contextlib.contextmanager
-def flush_denormals(device: str | torch.device):
-    """On a CPU ``device``, flush denormal floats to zero inside the block (``torch.set_flush_denormal``), then
-    switch it off again (PyTorch's default; the previous state cannot be read back). Nested blocks keep it on
-    until the outermost ends.
-
-    Why: SPADE generators produce denormal values, and x86 CPUs compute on them in microcode. Measured here
-    (2 threads, one G + one D update, batch 2): 2D 64x128 ngf 8 bf16 8.9 -> 1.4 CPU s; 3D 32^3 ngf 8 bf16
-    14.4 -> 2.2 CPU s; an eval forward of a fresh 2D generator 4.6 -> 0.13 s. Values below ~1e-38 become 0,
-    which changes no result that matters. A no-op on GPU.
-
-    The flag is per thread and new threads inherit it: worker threads that already exist (PyTorch's intra-op
-    pool starts with the first parallel op) keep computing denormals, which halves the gain (measured 2.7 instead
-    of 1.4 CPU s above). A process that only trains should call ``torch.set_flush_denormal(True)`` before its
-    first torch op, as the 2D bundles' configs do (``flush_denormals``).
-    """
-    global _FLUSH_DEPTH
-    if torch.device(device).type != "cpu" or not torch.set_flush_denormal(True):
-        yield
-        return
-    _FLUSH_DEPTH += 1
-    try:
-        yield
-    finally:
-        _FLUSH_DEPTH -= 1
-        if _FLUSH_DEPTH == 0:
-            torch.set_flush_denormal(False)
 
 
 def _check_roi(generator: torch.nn.Module, roi: Sequence[int], what: str) -> tuple[int, ...] | None:
@@ -233,7 +200,7 @@ def spade_step(
     l1_weight: float = 0.0,
     perceptual: PerceptualTerm | None = None,
     lambda_perceptual: float = 10.0,
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
 ) -> tuple[dict[str, float], torch.Tensor]:
     """One SPADE iteration: a generator update, then a discriminator update (NVlabs order).
 
@@ -328,7 +295,7 @@ def train_spade(
     label_probabilities: Mapping[int, float] | None = None,
     samples_per_volume: int = 8,
     queue_length: int = 64,
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
     device: str | torch.device = "cpu",
     resume: bool = True,
     progress: bool = True,
@@ -373,20 +340,20 @@ def train_spade(
         batch_size: patches per iteration (patch queue only; a ``loader`` batches itself).
         label_probabilities: patch-centre class probabilities (default ``{0: 1, 1: 2, 2: 3}``).
         samples_per_volume, queue_length: TorchIO queue settings.
-        amp_dtype: autocast dtype (``"bfloat16"`` or ``None`` for fp32); inputs are channels-last.
+        amp_dtype: precision request (``"auto"``, ``"float32"``, ``"bfloat16"``; see ``engines.precision``);
+            inputs are channels-last.
         log_every: TensorBoard scalars and a sample slice every so many iterations.
 
     Returns:
         ``{"generator": path of generator.pt, "iterations": final iteration, "start_iteration": iteration
         resumed from (0 for a fresh run), "losses": last step's losses, "checkpoint": newest checkpoint}``.
     """
-    if amp_dtype not in (None, "bfloat16", torch.bfloat16):
-        raise ValueError(f"amp_dtype must be 'bfloat16' or None (fp16 would need a GradScaler), got {amp_dtype!r}")
+    precision = resolve_precision(amp_dtype, device)
     if loader is None and (train_items is None or patch_size is None):
         raise ValueError("train_spade needs train_items and patch_size (CT patch queue) or a loader")
     if patch_size is not None:
         seed = _check_roi(generator, patch_size, "patch_size")
-        if amp_dtype is not None and seed is not None and len(seed) == 3 and min(seed) <= 2:
+        if precision.dtype is not None and seed is not None and len(seed) == 3 and min(seed) <= 2:
             logger.warning("generator seed %s has an axis <= 2: CPU bf16 conv3d gradients are then randomly NaN "
                            "(such updates are skipped); use a larger patch or fewer upsamplings", seed)  # fmt: skip
         if hasattr(unwrap(discriminator), "check_shape"):
@@ -428,7 +395,7 @@ def train_spade(
         "l1_weight": l1_weight,
         "perceptual": perceptual,
         "lambda_perceptual": lambda_perceptual,
-        "amp_dtype": amp_dtype,
+        "amp_dtype": precision,
     }
 
     def step(engine: Engine, batch: dict) -> dict[str, float]:
@@ -507,26 +474,36 @@ def synthesize(
     roi_size: Sequence[int] | None = None,
     overlap: float = 0.25,
     sw_batch_size: int = 1,
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
 ) -> torch.Tensor:
     """``x̂ = G(ŷ)`` for a batch of label maps (eval mode: batch-norm running statistics).
 
     Args:
         generator: ``(B, num_classes, *S) -> (B, C, *S)`` in [-1, 1], e.g. a trained SPADEGenerator.
         labels: integer label maps (B, 1, *S) on the generator's device (``ignore_index`` -> no label signal).
-        roi_size: None runs the whole map at once (``S`` must fit the generator); otherwise a Gaussian-blended
-            ``SlidingWindowInferer(roi_size)`` (each axis must fit the generator).
+        roi_size: None runs the whole map at once (padded to the generator's next valid shape, output cropped
+            back); otherwise a Gaussian-blended ``SlidingWindowInferer(roi_size)`` (each axis must fit the
+            generator), for maps too large for one pass.
 
     Returns:
         float32 (B, C, *S) in [-1, 1], on the labels' device.
     """
     generator = unwrap(generator).eval()
-    _check_roi(generator, roi_size if roi_size is not None else labels.shape[2:], "roi_size" if roi_size else "size")
-    seg = to_channels_last(one_hot(torch.as_tensor(labels)[:, 0], num_classes, ignore_index, dim=1))
+    seg = one_hot(torch.as_tensor(labels)[:, 0], num_classes, ignore_index, dim=1)
+    shape = tuple(seg.shape[2:])
+    if roi_size is None:
+        # one pass over the whole map: no window seams, and no overlap computed twice. The map is padded (edge
+        # labels replicated) to the generator's next valid shape and the output cropped back.
+        factor = getattr(generator, "total_factor", (1,) * len(shape))
+        pad = [(-s) % f for s, f in zip(shape, factor, strict=True)]
+        if any(pad):
+            seg = F.pad(seg, [v for p in reversed(pad) for v in (0, p)], mode="replicate")
+    _check_roi(generator, roi_size if roi_size is not None else seg.shape[2:], "roi_size" if roi_size else "size")
+    seg = to_channels_last(seg)
     with flush_denormals(seg.device):
         if roi_size is None:
             with autocast_context(seg.device, amp_dtype):
-                y = generator(seg)
+                y = generator(seg)[(slice(None), slice(None), *(slice(0, s) for s in shape))]
         else:
             window = SlidingWindowInferer(tuple(roi_size), sw_batch_size, overlap=overlap, mode="gaussian")
             y = AutocastInferer(window, dtype=amp_dtype)(seg, generator)
@@ -542,7 +519,7 @@ def synthesize_images(
     size: Sequence[int],
     num_classes: int,
     ignore_index: int | None = 255,
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[str, str]:
@@ -584,11 +561,11 @@ def synthesize_volumes(
     index: Mapping[str, Mapping],
     out_dir: str | Path,
     *,
-    roi_size: Sequence[int],
+    roi_size: Sequence[int] | None = None,
     num_classes: int = 3,
     pixdim: Sequence[float] = (2.0, 2.0, 2.5),
     hu_window: Sequence[float] = (-87.0, 199.0),
-    amp_dtype: str | None = "bfloat16",
+    amp_dtype: str | None = "auto",
     overlap: float = 0.25,
     sw_batch_size: int = 1,
     device: str | torch.device = "cpu",
@@ -597,8 +574,8 @@ def synthesize_volumes(
     """Synthesize ``x̂ = G(ŷ)`` for every predicted label map and save it in HU on the prediction's grid.
 
     Each ``pred`` NIfTI is reoriented to RAS and resampled (nearest) to ``pixdim``, one-hot encoded,
-    passed through ``generator`` with a Gaussian-weighted ``SlidingWindowInferer(roi_size)`` under bf16
-    autocast, mapped from [-1, 1] to HU (``(y + 1) / 2 * (hi - lo) + lo``), inverted with MONAI ``Invertd``
+    passed through ``generator`` (whole volume, or a Gaussian-weighted ``SlidingWindowInferer(roi_size)``) under
+    ``amp_dtype`` autocast, mapped from [-1, 1] to HU (``(y + 1) / 2 * (hi - lo) + lo``), inverted with MONAI ``Invertd``
     (linear interpolation) onto the prediction's own grid and clipped to ``hu_window``. The generator runs
     in eval mode (batch-norm running statistics).
 
@@ -606,7 +583,8 @@ def synthesize_volumes(
         generator: label -> image network ``(B, num_classes, *roi) -> (B, 1, *roi)`` in [-1, 1].
         index: ``{case_id: {"pred": path, "image": path, ...}}``, e.g. the segmenter's ``predictions/index.json``.
         out_dir: writes ``<out_dir>/<case_id>/synth.nii.gz`` (float32).
-        roi_size: sliding-window size; each axis must be divisible by the generator's total upsampling factor.
+        roi_size: None (default) synthesizes each volume in one pass (no window seams); else a sliding-window size,
+            each axis divisible by the generator's total upsampling factor (for volumes too large for one pass).
 
     Returns:
         ``{case_id: path of synth.nii.gz}``.
@@ -616,7 +594,8 @@ def synthesize_volumes(
     """
     from tqdm.auto import tqdm
 
-    _check_roi(generator, roi_size, "roi_size")
+    if roi_size is not None:
+        _check_roi(generator, roi_size, "roi_size")
     device = torch.device(device)
     generator = unwrap(generator).to(device).eval()
     pre = mt.Compose([*load_resampled(["pred"], pixdim, ["nearest"]), mt.EnsureTyped(keys="pred", track_meta=True)])

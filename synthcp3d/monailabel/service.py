@@ -27,6 +27,7 @@ import torch
 from synthcp3d.alarms.inference import MODEL_FILES, alarm_new_images
 from synthcp3d.data.io import DataError, atomic_write_text, read_json, write_nifti
 from synthcp3d.data.msd import read_geometry
+from synthcp3d.engines.precision import setup_process
 
 __all__ = ["BUNDLE_ROOT", "ERROR_LEVELS", "LABELS", "AlarmService", "alarm_summary", "bundle_parser",
            "error_levels", "models_help", "write_untrained_models"]  # fmt: skip
@@ -157,8 +158,9 @@ class AlarmService:
         self.networks = parser.get_parsed_content("alarm_models")
         self.settings = read_json(self.models_dir / "alarm_models.json")
         self._kwargs = {"segment_roi_size": parser.get_parsed_content("roi_size"),
-                        "synth_roi_size": parser.get_parsed_content("spade#patch_size"),
+                        "synth_roi_size": parser.get_parsed_content("synth_roi_size"),
                         "amp_dtype": parser.get_parsed_content("amp_dtype"), "device": self.device}  # fmt: skip
+        self.precision = setup_process(self._kwargs["amp_dtype"], self.device)
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[tuple, dict] = OrderedDict()
         self._lock = threading.Lock()

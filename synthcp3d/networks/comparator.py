@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv, Pool
 from monai.networks.nets import resnet18
 
-__all__ = ["DirectPredictor", "SiameseComparator"]
+__all__ = ["DirectPredictor", "SiameseComparator", "class_pooled", "region_stats"]
 
 
 def _encoder(spatial_dims: int, in_channels: int, widen_factor: float) -> nn.Module:
@@ -56,6 +56,36 @@ def class_pooled(levels: list[torch.Tensor], seg: torch.Tensor) -> torch.Tensor:
     return torch.cat([*parts, frac, ids], dim=-1)
 
 
+def region_stats(channels: torch.Tensor, seg: torch.Tensor, shell: int = 2) -> torch.Tensor:
+    """Input-resolution intensity statistics of each predicted class region and of a shell around it.
+
+    For class c with (soft) region ``w = seg_c`` and shell ``dilate(w, shell) - w`` (max-pool dilation by
+    ``shell`` voxels), the weighted means of every channel. Returned twice: per class (B, C, 2K), and the
+    whole table flattened as context for every class, so a head scoring the tumour also sees the pancreas'
+    statistics and can compare them (a scan's own contrast and brightness cancel out in such differences).
+
+    Why: the learned pyramid starts at 1/4 resolution, where a 2-voxel tumour is a fraction of a voxel; the
+    residual ``x - x̂`` inside and around a region is the comparison SynthCP is about, and these means keep it at
+    full resolution.
+
+    Shapes: ``channels`` (B, K, *S), ``seg`` (B, C, *S) -> (B, C, 2K + C * 2K).
+    """
+    b, c = seg.shape[:2]
+    dims = seg.ndim - 2
+    seg = seg.float()
+    pool = F.max_pool3d if dims == 3 else F.max_pool2d
+    grown = pool(seg, kernel_size=2 * shell + 1, stride=1, padding=shell)
+    ring = (grown - seg).clamp_min(0)
+    x = channels.float().flatten(2).transpose(1, 2)  # (B, N, K)
+    parts = []
+    for w in (seg, ring):
+        w = w.flatten(2)  # (B, C, N)
+        parts.append(torch.bmm(w, x) / (w.sum(-1, keepdim=True) + 1e-3))
+    per_class = torch.cat(parts, dim=-1)  # (B, C, 2K)
+    context = per_class.flatten(1)[:, None].expand(b, c, -1)
+    return torch.cat([per_class, context], dim=-1)
+
+
 class _ComparatorBase(nn.Module):
     """Shared body of :class:`SiameseComparator` and :class:`DirectPredictor`: projection of the segmentation,
     one or two ResNet-18 encoders, per-level merge of the branches, and the two heads."""
@@ -74,6 +104,7 @@ class _ComparatorBase(nn.Module):
         fuse_channels: int,
         hidden: int,
         score_pooling: str = "global",
+        stat_channels: int = 0,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -95,11 +126,14 @@ class _ComparatorBase(nn.Module):
         widths = [int(c * widen_factor) for c in (64, 128, 256, 512)]
         merge = 3 if num_branches == 2 else 1  # (f(x), f(x̂), |f(x) - f(x̂)|) or f(x)
         self.score_pooling = score_pooling
+        # region_stats of this many input-resolution channels join the class-pooled features (0: off)
+        self.stat_channels = int(stat_channels) if score_pooling == "class" else 0
+        n_stats = self.stat_channels * 2 * (1 + num_classes)
         self.score_head = None
         if score_head and score_pooling == "class":
             # per class: its region's mean of every merged level, the region's volume fraction, the class id
             self.score_head = nn.Sequential(
-                nn.Linear(merge * sum(widths) + 1 + num_classes, hidden),
+                nn.Linear(merge * sum(widths) + 1 + num_classes + n_stats, hidden),
                 nn.ReLU(inplace=True),
                 nn.Linear(hidden, 1),
             )
@@ -128,6 +162,12 @@ class _ComparatorBase(nn.Module):
             if im.shape[0] != seg.shape[0] or im.shape[2:] != seg.shape[2:]:
                 raise ValueError(f"image {tuple(im.shape)} does not match seg {tuple(seg.shape)}.")
 
+    def _stat_inputs(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """The channels :func:`region_stats` summarises: the image, or x, x̂ and x - x̂ for two branches."""
+        if len(images) == 2:
+            return torch.cat([images[0], images[1], images[0] - images[1]], dim=1)
+        return images[0]
+
     def _run(self, images: list[torch.Tensor], seg: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.proj(seg)
         pyramids = [
@@ -140,7 +180,10 @@ class _ComparatorBase(nn.Module):
             levels = pyramids[0]
         out: dict[str, torch.Tensor] = {}
         if self.score_head is not None and self.score_pooling == "class":
-            out["scores"] = torch.sigmoid(self.score_head(class_pooled(levels, seg)).squeeze(-1))
+            pooled = class_pooled(levels, seg)
+            if self.stat_channels:
+                pooled = torch.cat([pooled, region_stats(self._stat_inputs(images), seg).to(pooled.dtype)], dim=-1)
+            out["scores"] = torch.sigmoid(self.score_head(pooled).squeeze(-1))
         elif self.score_head is not None:
             out["scores"] = torch.sigmoid(self.score_head(levels[-1]))
         if self.error_lateral is not None:
@@ -185,6 +228,8 @@ class SiameseComparator(_ComparatorBase):
         score_pooling: ``"global"`` (the paper: average pool of the merged layer4) or ``"class"``: each class's
             score from the merged features of all four levels averaged inside that class's predicted region
             (:func:`class_pooled`), so a small structure such as a tumour is not diluted by the whole crop.
+        region_stats: with ``score_pooling="class"``, also give the score head the full-resolution means of
+            x, x̂ and x - x̂ inside and around every predicted class region (:func:`region_stats`).
 
     Shapes: ``image``, ``synth`` (B, in_channels, *S); ``seg`` (B, num_classes, *S) softmax probabilities or
     one-hot of ŷ -> dict with ``"scores"`` (B, num_classes) and/or ``"error_logits"`` (B, 1, *S).
@@ -203,10 +248,11 @@ class SiameseComparator(_ComparatorBase):
         fuse_channels: int = 64,
         hidden: int = 256,
         score_pooling: str = "global",
+        region_stats: bool = False,
     ) -> None:
         super().__init__(
             spatial_dims, in_channels, num_classes, 2, shared_weights, score_head, error_head,
-            proj_channels, widen_factor, fuse_channels, hidden, score_pooling,
+            proj_channels, widen_factor, fuse_channels, hidden, score_pooling, 3 * in_channels * region_stats,
         )  # fmt: skip
 
     def forward(self, image: torch.Tensor, synth: torch.Tensor, seg: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -218,7 +264,8 @@ class DirectPredictor(_ComparatorBase):
     """The paper's "Direct Prediction" ablation: the same encoder and heads as :class:`SiameseComparator` on
     ``image ⊕ proj(seg)`` only (no synthesised image).
 
-    Args: as :class:`SiameseComparator`, without ``shared_weights``.
+    Args: as :class:`SiameseComparator`, without ``shared_weights``; ``region_stats`` summarises x alone, so
+    the ablation differs from SynthCP only by the synthesized image.
 
     Shapes: ``image`` (B, in_channels, *S), ``seg`` (B, num_classes, *S) -> dict with ``"scores"``
     (B, num_classes) and/or ``"error_logits"`` (B, 1, *S).
@@ -236,10 +283,11 @@ class DirectPredictor(_ComparatorBase):
         fuse_channels: int = 64,
         hidden: int = 256,
         score_pooling: str = "global",
+        region_stats: bool = False,
     ) -> None:
         super().__init__(
             spatial_dims, in_channels, num_classes, 1, True, score_head, error_head,
-            proj_channels, widen_factor, fuse_channels, hidden, score_pooling,
+            proj_channels, widen_factor, fuse_channels, hidden, score_pooling, in_channels * region_stats,
         )  # fmt: skip
 
     def forward(self, image: torch.Tensor, seg: torch.Tensor) -> dict[str, torch.Tensor]:

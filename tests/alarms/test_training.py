@@ -23,7 +23,7 @@ def _vae() -> ShapeVAE:
 
 
 @pytest.mark.parametrize("cls", [SiameseComparator, DirectPredictor])
-def test_comparator_trains_resumes_and_bf16_matches_fp32(cls, samples, tmp_path):
+def test_comparator_trains_and_resumes(cls, samples, tmp_path):
     samples = samples[:4] + samples[-1:]  # 4 labelled + 1 test case keep it quick
     torch.manual_seed(0)
     net = cls(3, 1, 3, **TINY)
@@ -38,16 +38,27 @@ def test_comparator_trains_resumes_and_bf16_matches_fp32(cls, samples, tmp_path)
     for a, b in zip(fresh.state_dict().values(), net.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     errs = tmp_path / "err" if cls is SiameseComparator else None
-    bf16 = predict_comparator(net, samples, error_map_dir=errs)
-    fp32 = predict_comparator(net, samples, amp_dtype=None)
-    assert bf16.shape == (len(samples), 2) and ((bf16 >= 0) & (bf16 <= 1)).all()
-    assert np.abs(bf16 - fp32).max() < 0.01
+    pred = predict_comparator(net, samples, error_map_dir=errs)
+    assert pred.shape == (len(samples), 2) and ((pred >= 0) & (pred <= 1)).all()
     if errs is not None:
         for s in samples:
             out, img = nib.load(errs / s["case_id"] / "error_map.nii.gz"), nib.load(s["paths"]["image"])
             assert out.shape == img.shape and np.allclose(out.affine, img.affine)
             m = out.get_fdata()
             assert m.min() >= 0 and m.max() <= 1 and m.max() > 0
+
+
+@pytest.mark.native_bf16
+@pytest.mark.parametrize("cls", [SiameseComparator, DirectPredictor])
+def test_comparator_bf16_matches_fp32_after_training(cls, samples, tmp_path):
+    torch.manual_seed(0)
+    net = cls(3, 1, 3, **TINY)
+    before = [p.detach().clone() for p in net.parameters()]
+    train_comparator(net, samples, tmp_path, iterations=6, batch_size=2, lr=3e-3, progress=False)
+    assert any(not torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))  # trained weights
+    bf16 = predict_comparator(net, samples, amp_dtype="bfloat16")
+    fp32 = predict_comparator(net, samples, amp_dtype="float32")
+    assert np.abs(bf16 - fp32).max() < 0.01
 
 
 def test_direct_needs_no_synth_but_synthcp_does(samples):
@@ -57,7 +68,7 @@ def test_direct_needs_no_synth_but_synthcp_does(samples):
         predict_comparator(SiameseComparator(3, 1, 3, **TINY), no_synth)
 
 
-def test_vae_alarm_trains_resumes_and_bf16_matches_fp32(samples, tmp_path):
+def test_vae_alarm_trains_resumes_and_regresses(samples, tmp_path):
     torch.manual_seed(0)
     vae = _vae()
     cv = [s for s in samples if s["label_mask"] is not None]
@@ -66,8 +77,21 @@ def test_vae_alarm_trains_resumes_and_bf16_matches_fp32(samples, tmp_path):
     r = train_shape_vae(vae, [s["label_mask"] for s in cv], tmp_path, iterations=4, batch_size=4, progress=False)
     assert r["start_iteration"] == 3 and r["iterations"] == 4
     masks = [s["pred_mask"] for s in samples]
-    f16, f32 = vae_features(vae, masks), vae_features(vae, masks, amp_dtype=None)
-    assert f16.shape == (len(samples), len(FEATURE_NAMES)) and np.isfinite(f16).all()
+    f32 = vae_features(vae, masks, amp_dtype="float32")
+    assert f32.shape == (len(samples), len(FEATURE_NAMES)) and np.isfinite(f32).all()
+    params = fit_dice_regressor(f32[: len(cv)], np.stack([s["true"] for s in cv]))
+    d32 = predict_dice_regressor(params, f32)
+    assert ((d32 >= 0) & (d32 <= 1)).all()
+
+
+@pytest.mark.native_bf16
+def test_vae_alarm_bf16_matches_fp32_after_training(samples, tmp_path):
+    torch.manual_seed(0)
+    vae = _vae()
+    cv = [s for s in samples if s["label_mask"] is not None]
+    train_shape_vae(vae, [s["label_mask"] for s in cv], tmp_path, iterations=6, batch_size=4, progress=False)
+    masks = [s["pred_mask"] for s in samples]
+    f16, f32 = vae_features(vae, masks, amp_dtype="bfloat16"), vae_features(vae, masks, amp_dtype="float32")
     params = fit_dice_regressor(f32[: len(cv)], np.stack([s["true"] for s in cv]))
     d16, d32 = predict_dice_regressor(params, f16), predict_dice_regressor(params, f32)
-    assert ((d16 >= 0) & (d16 <= 1)).all() and np.abs(d16 - d32).max() < 0.01
+    assert np.abs(d16 - d32).max() < 0.01

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -136,3 +137,39 @@ def test_class_pooling_heads(dims):
         assert net.encoders[0].conv1.weight.grad is not None
     with pytest.raises(ValueError, match="score_pooling"):
         SiameseComparator(dims, 1, 3, score_pooling="max")
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_region_stats_against_scipy(dims):
+    from scipy import ndimage
+
+    from synthcp3d.networks.comparator import region_stats
+
+    rng = np.random.default_rng(0)
+    shape = (9, 10, 7)[:dims]
+    labels = rng.integers(0, 3, size=(2, *shape))
+    seg = torch.nn.functional.one_hot(torch.as_tensor(labels), 3).movedim(-1, 1).float()
+    chans = torch.as_tensor(rng.normal(size=(2, 2, *shape)), dtype=torch.float32)
+    out = region_stats(chans, seg, shell=1)
+    assert out.shape == (2, 3, 4 + 3 * 4)
+    for b in range(2):
+        for c in range(3):
+            m = labels[b] == c
+            ring = ndimage.binary_dilation(m, structure=np.ones((3,) * dims)) & ~m
+            want = [chans[b, k].numpy()[m].sum() / (m.sum() + 1e-3) for k in range(2)]
+            want += [chans[b, k].numpy()[ring].sum() / (ring.sum() + 1e-3) for k in range(2)]
+            np.testing.assert_allclose(out[b, c, :4].numpy(), want, rtol=1e-4, atol=1e-5)
+            # the context block is the same table for every class
+            np.testing.assert_allclose(out[b, c, 4 + 4 * c : 8 + 4 * c].numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [SiameseComparator, DirectPredictor])
+def test_region_stats_head_sees_the_residual(cls):
+    torch.manual_seed(0)
+    net = cls(3, 1, 3, widen_factor=0.125, fuse_channels=8, hidden=16, score_pooling="class", region_stats=True)
+    assert net.stat_channels == (3 if cls is SiameseComparator else 1)
+    seg = torch.nn.functional.one_hot(torch.randint(0, 3, (2, 16, 16, 16)), 3).movedim(-1, 1).float()
+    x = torch.rand(2, 1, 16, 16, 16)
+    args = (x, x.clone(), seg) if cls is SiameseComparator else (x, seg)
+    out = net(*args)["scores"]
+    assert out.shape == (2, 3) and ((out > 0) & (out < 1)).all()
