@@ -104,7 +104,7 @@ def anomaly_maps(
         generator: label -> image ``(B, K, *S) -> (B, 3, *S)`` in [-1, 1].
         image: (B, 3, *S) in [0, 1].
         num_classes: ``K``, the in-distribution classes.
-        amp_dtype: autocast for the segmenter passes (None = fp32; the synthesis always uses ``amp_dtype``).
+        amp_dtype: precision of the segmenter passes and the synthesis (``"auto"``, ``"float32"``, ``"bfloat16"``).
 
     Returns:
         ``{"pred": (B, *S) int64, "msp": p (B, *S), "score_msp", "score_maxlogit", "synthcp": eq. 9,

@@ -20,7 +20,7 @@ from synthcp3d.alarms.samples import case_dice, mask_channels
 from synthcp3d.data.labels import one_hot
 from synthcp3d.engines.inferers import autocast_context, to_channels_last
 
-__all__ = ["PERTURBATIONS", "apply_perturbation", "augment_samples", "draw_perturbation"]
+__all__ = ["PERTURBATIONS", "apply_perturbation", "augment_samples", "draw_perturbation", "synthesize_crops"]
 
 PERTURBATIONS = ("tumour_dilate", "tumour_erode", "tumour_shift", "tumour_drop", "tumour_add", "organ_dilate",
                  "organ_erode")  # fmt: skip
@@ -98,6 +98,37 @@ def _label_of(mask: torch.Tensor) -> torch.Tensor:
     return (mask[0].long() + mask[1].long()).clamp_max(2)
 
 
+def _synthesize_crop(generator: torch.nn.Module, onehot: torch.Tensor, amp_dtype, device) -> torch.Tensor:
+    """``G(one-hot ŷ)`` on one crop ``(C, *R)`` -> ``(1, *R)`` in the [0, 1] window of the image."""
+    with autocast_context(device, amp_dtype):
+        y = generator(to_channels_last(onehot[None].float().to(device)))
+    return ((y[0].float().clamp(-1, 1) + 1) / 2).cpu()
+
+
+@torch.no_grad()
+def synthesize_crops(
+    samples: Sequence[dict],
+    generator: torch.nn.Module,
+    *,
+    num_classes: int = 3,
+    amp_dtype: str | None = "auto",
+    device: str | torch.device = "cpu",
+) -> list[dict]:
+    """Copies of ``samples`` whose ``"synth"`` is ``G(one-hot ŷ)`` on the crop itself.
+
+    The one synthesis path of the comparator: real CV cases, perturbed copies (:func:`augment_samples`) and new
+    images all get x̂ from the same crop-sized generator pass on the resampled grid, instead of real cases going
+    through a whole-volume synthesis, an inversion onto the input grid and a second resampling (which blurs x̂
+    and made the comparator's training and test inputs differ).
+
+    Shapes: each sample's ``"pred_mask"`` (2, *R) -> ``"synth"`` (1, *R) float32 in [0, 1].
+    """
+    device = torch.device(device)
+    generator = generator.to(device).eval()
+    return [{**s, "synth": _synthesize_crop(generator, one_hot(_label_of(s["pred_mask"]), num_classes), amp_dtype,
+                                            device)} for s in samples]  # fmt: skip
+
+
 @torch.no_grad()
 def augment_samples(
     samples: Sequence[dict],
@@ -135,9 +166,7 @@ def augment_samples(
             ops = draw_perturbation(rng, spatial_dims=label.ndim)
             new = apply_perturbation(base, ops)
             onehot = one_hot(new, num_classes)
-            with autocast_context(device, amp_dtype):
-                y = generator(to_channels_last(onehot[None].to(device)))
-            synth = ((y[0].float().clamp(-1, 1) + 1) / 2).cpu()
+            synth = _synthesize_crop(generator, onehot, amp_dtype, device)
             true = case_dice(new, label)
             target = torch.full((num_classes,), float("nan"))
             target[1:3] = torch.as_tensor(true, dtype=torch.float32)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synthcp3d.alarms.augment import synthesize_crops
 from synthcp3d.alarms.comparator import predict_comparator
 from synthcp3d.alarms.ensemble import mean_ensemble
 from synthcp3d.alarms.pipeline import rows_for
@@ -173,6 +174,8 @@ def alarm_new_images(
                             pixdim=pixdim, hu_window=hu, num_classes=ncls,
                             pred_input=cfg.get("pred_input", "probs"))  # fmt: skip
     run = {"amp_dtype": amp_dtype, "device": device}
+    if cfg.get("crop_synthesis"):  # the comparator was trained on x̂ = G(ŷ) of the crop: give it the same
+        samples = synthesize_crops(samples, generator, num_classes=ncls, **run)
     nan = np.full((len(samples), len(CLASS_NAMES)), np.nan)
     preds = {
         "synthcp": predict_comparator(comparator, samples, error_map_dir=out / "error_maps", **run),

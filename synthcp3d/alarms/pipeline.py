@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthcp3d.alarms.augment import augment_samples
+from synthcp3d.alarms.augment import augment_samples, synthesize_crops
 from synthcp3d.alarms.comparator import predict_comparator, train_comparator
 from synthcp3d.alarms.ensemble import conformal_interval, conformal_quantile, mean_ensemble, review_flags
 from synthcp3d.alarms.samples import CLASS_NAMES, build_samples, load_index
@@ -191,10 +191,12 @@ def train_comparator_alarms(
             "hu_window": [float(h) for h in hu_window], "num_classes": int(num_classes),
             "pred_input": pred_input}  # fmt: skip
     cv, test = _samples(index, synth_dir, crop)
+    run = {"amp_dtype": amp_dtype, "device": device}
+    if generator is not None:  # one synthesis path for real, perturbed and new samples (augment.synthesize_crops)
+        cv, test = (synthesize_crops(s, generator, num_classes=num_classes, **run) for s in (cv, test))
     groups = _groups(cv, num_folds, out_of_fold)
     common = {"amp_dtype": amp_dtype, "device": device, "resume": resume, "progress": progress,
               "checkpoint_every": checkpoint_every, "seed": seed}  # fmt: skip
-    run = {"amp_dtype": amp_dtype, "device": device}
     nets = {"synthcp": comparator, "direct": direct}
 
     def train_and_predict(train: list[dict], targets: list[dict], tag: str):
@@ -216,7 +218,7 @@ def train_comparator_alarms(
 
     cv_preds, test_preds, _ = _stage_protocol(cv, test, groups, out_of_fold, train_and_predict)
     settings = {**crop, "precision": resolve_precision(amp_dtype, device).as_dict(),
-                "direct": direct is not None, "out_of_fold": out_of_fold,
+                "direct": direct is not None, "out_of_fold": out_of_fold, "crop_synthesis": generator is not None,
                 "augment_per_case": augment_per_case, "iterations": iterations}  # fmt: skip
     return _write_stage(out / STAGE_FILES["comparator"], "comparator", cv, test, groups, cv_preds, test_preds,
                         settings)  # fmt: skip
@@ -380,7 +382,8 @@ def ensemble_alarm_table(out_dir: str | Path, *, alpha: float = 0.1, review_thre
                 "regressor": vae["settings"]["regressor"],
                 "conformal_q": {n: _num(q_all[k]) for k, n in enumerate(CLASS_NAMES)}, "alpha": alpha,
                 "review_threshold": review_threshold, "direct": comp["settings"]["direct"],
-                "out_of_fold": comp["settings"]["out_of_fold"], "num_cv": int(is_cv.sum())}  # fmt: skip
+                "out_of_fold": comp["settings"]["out_of_fold"], "num_cv": int(is_cv.sum()),
+                "crop_synthesis": bool(comp["settings"].get("crop_synthesis", False))}  # fmt: skip
     atomic_write_text(out / "alarm_models.json", json.dumps(settings, indent=1))
     atomic_write_text(out / "alarm_table.json", json.dumps(rows, indent=1))
     return rows

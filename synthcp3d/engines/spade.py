@@ -574,10 +574,10 @@ def synthesize_volumes(
     """Synthesize ``x̂ = G(ŷ)`` for every predicted label map and save it in HU on the prediction's grid.
 
     Each ``pred`` NIfTI is reoriented to RAS and resampled (nearest) to ``pixdim``, one-hot encoded,
-    passed through ``generator`` (whole volume, or a Gaussian-weighted ``SlidingWindowInferer(roi_size)``) under
-    ``amp_dtype`` autocast, mapped from [-1, 1] to HU (``(y + 1) / 2 * (hi - lo) + lo``), inverted with MONAI ``Invertd``
-    (linear interpolation) onto the prediction's own grid and clipped to ``hu_window``. The generator runs
-    in eval mode (batch-norm running statistics).
+    passed through ``generator`` (whole volume, or a Gaussian-weighted ``SlidingWindowInferer(roi_size)``)
+    under ``amp_dtype`` autocast, mapped from [-1, 1] to HU (``(y + 1) / 2 * (hi - lo) + lo``), inverted with
+    MONAI ``Invertd`` (linear interpolation) onto the prediction's own grid and clipped to ``hu_window``. The
+    generator runs in eval mode (batch-norm running statistics).
 
     Args:
         generator: label -> image network ``(B, num_classes, *roi) -> (B, 1, *roi)`` in [-1, 1].

@@ -79,7 +79,7 @@ def test_baselines_match_scipy():
 def test_anomaly_maps_wiring():
     seg, gen = StubSegmenter(), StubGenerator()
     x = torch.rand(2, 3, *SIZE)
-    maps = anomaly_maps(seg, gen, x, K, thresholds=(0.5, 1.0))
+    maps = anomaly_maps(seg, gen, x, K, thresholds=(0.5, 1.0), amp_dtype="float32")
     logits = seg.conv(x) * 5
     pred = logits.argmax(1)
     synth01 = (gen.colours[pred].movedim(-1, 1) + 1) / 2  # x̂ mapped to the segmenter's [0, 1]
@@ -104,7 +104,7 @@ def test_items(tmp_path_factory):
 def test_evaluate_anomaly_per_image_against_sklearn(test_items):
     seg, gen = StubSegmenter(), StubGenerator()
     res = evaluate_anomaly(seg, gen, test_items, load=load_streethazards, size=SIZE, num_classes=K, num_examples=2,
-                           thresholds=(0.9, 1.0), threshold=0.9, progress=False)  # fmt: skip
+                           thresholds=(0.9, 1.0), threshold=0.9, amp_dtype="float32", progress=False)  # fmt: skip
     assert list(res["methods"]) == ["MSP", "MaxLogit", "SynthCP (t=0.9)", "SynthCP, no post-processing"]
     assert set(res["sweep"]) == {0.9, 1.0}
     assert res["sweep"][1.0] == res["methods"]["SynthCP, no post-processing"]
