@@ -120,6 +120,7 @@ def train_segmenter(
     num_classes: int = 3,
     class_ratios: Sequence[float] | None = (1.0, 2.0, 3.0),
     class_weights: Sequence[float] | None = None,
+    batch_dice: bool = False,
     val_interval: int = 5,
     amp_dtype: str | None = "auto",
     device: str | torch.device = "cpu",
@@ -135,7 +136,9 @@ def train_segmenter(
     """Train ``network`` (logits ``(B, num_classes, *roi)``) with Dice+CE on label-class-balanced crops.
 
     ``class_ratios`` sets how often crops are centred on each class (the small tumour is seen often);
-    ``class_weights`` optionally weights the classes in the cross-entropy term.
+    ``class_weights`` optionally weights the classes in the cross-entropy term. ``batch_dice`` computes the Dice
+    term over the whole batch (nnU-Net's batch Dice) instead of per crop: per crop, a crop without tumour scores
+    a tumour Dice of 1 only if nothing is predicted, which teaches a small model to predict no tumour at all.
 
     Other data (e.g. 2D scenes): ``train_transform`` maps a datalist item to ``{"image", "label"}`` training
     crops (default: :func:`~synthcp3d.data.transforms.ct_train_transforms` from the CT arguments),
@@ -210,7 +213,7 @@ def train_segmenter(
         train_data_loader=loader,
         network=model,
         optimizer=optimizer,
-        loss_function=loss_function or DiceCELoss(to_onehot_y=True, softmax=True, weight=weight),
+        loss_function=loss_function or DiceCELoss(to_onehot_y=True, softmax=True, weight=weight, batch=batch_dice),
         inferer=inferer,
         train_handlers=handlers,
     )
