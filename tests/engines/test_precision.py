@@ -104,11 +104,11 @@ def test_autocast_context_uses_the_resolved_dtype(monkeypatch):
 
 
 def test_flush_denormals_restores_the_state_it_found():
-    tiny = torch.tensor([1e-39])  # a float32 denormal
     before = P.flush_denormals_enabled()
     try:
         for outer in (False, True):
             torch.set_flush_denormal(outer)
+            tiny = torch.tensor([1e-39])  # a float32 denormal (already 0 when made with flushing on)
             assert P.flush_denormals_enabled() is outer and (float(tiny * 1.0) == 0.0) is outer
             with P.flush_denormals("cpu"):
                 with P.flush_denormals("cpu"):

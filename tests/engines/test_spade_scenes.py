@@ -94,11 +94,21 @@ def test_synthesize_ignore_and_sliding_window():
     torch.testing.assert_close(y, ref)
     ign = synthesize(g, torch.full((1, 1, *SIZE), 255), NUM_CLASSES, ignore_index=255, amp_dtype=None)
     with torch.no_grad():
-        torch.testing.assert_close(ign, g(torch.zeros(1, NUM_CLASSES, *SIZE)))
+        # same layout as synthesize's input: an all-zero map makes every SPADE gamma/beta map constant, and their
+        # instance norms amplify the last-bit differences between contiguous and channels-last convolutions
+        zeros = torch.zeros(1, NUM_CLASSES, *SIZE).contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(ign, g(zeros))
     sw = synthesize(g, lab[:1], NUM_CLASSES, roi_size=SIZE, amp_dtype=None)  # one window = the whole map
     torch.testing.assert_close(sw, y[:1], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="does not fit the generator"):
-        synthesize(g, torch.zeros(1, 1, 30, 64, dtype=torch.long), NUM_CLASSES)
+        synthesize(g, torch.zeros(1, 1, 30, 64, dtype=torch.long), NUM_CLASSES, roi_size=(30, 64))
+    # the whole-map pass pads an odd shape to the generator's next valid one and crops the output back
+    odd = lab[:1, :, : SIZE[0] - 2, : SIZE[1] - 3]
+    out = synthesize(g, odd, NUM_CLASSES, amp_dtype=None)
+    assert out.shape == (1, 3, *odd.shape[2:])
+    padded = torch.nn.functional.pad(odd.float(), (0, 3, 0, 2), mode="replicate").long()
+    ref = synthesize(g, padded, NUM_CLASSES, amp_dtype=None)[..., : SIZE[0] - 2, : SIZE[1] - 3]
+    torch.testing.assert_close(out, ref)
 
 
 def test_synthesize_images_png_at_pred_size(tmp_path):
