@@ -63,6 +63,88 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
+def _study_cases(value: str) -> int:
+    n = _positive_int(value)
+    if n < 4:
+        raise argparse.ArgumentTypeError(f"the 4-fold cross-validation needs at least 4 training cases, got {n}")
+    return n
+
+
+def _study_settings(value: str) -> tuple[str, ...]:
+    from synthcp3d.study import SETTINGS
+
+    names = tuple(s.strip() for s in value.split(","))
+    bad = [s for s in names if s not in SETTINGS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"unknown setting(s) {bad or [value]}; choose from {', '.join(SETTINGS)}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"setting listed twice in {value!r}")
+    return names
+
+
+def _study_threshold(value: str) -> float:
+    try:
+        t = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value!r}") from None
+    if not 0.0 < t < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value!r}")
+    return t
+
+
+def _study_profile(value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", value):
+        raise argparse.ArgumentTypeError(f"a profile is a name under configs/profiles without .json, got {value!r}")
+    return value
+
+
+def _study_override(value: str) -> tuple[str, object]:
+    import json
+
+    from synthcp3d.study import RESERVED_OVERRIDES
+
+    key, sep, raw = value.partition("=")
+    key = key.strip()
+    if not sep or not key or any(c.isspace() for c in key):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. segmenter#max_epochs=4), got {value!r}")
+    if key in RESERVED_OVERRIDES:
+        raise argparse.ArgumentTypeError(f"{key} is set by the study itself")
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = raw  # a plain string
+    return key, parsed
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    bundle = args.bundle
+    if bundle is None:
+        from synthcp3d.demo import default_bundle
+
+        bundle = default_bundle()
+    if not (Path(bundle) / "configs" / "common.json").is_file():
+        args.study_parser.error(f"--bundle: no configs/common.json under {bundle}")
+    if not (Path(bundle) / "configs" / "profiles" / f"{args.profile}.json").is_file():
+        args.study_parser.error(f"--profile: no configs/profiles/{args.profile}.json in {bundle}")
+    from synthcp3d.study import run_study
+
+    return run_study(args.out, seeds=args.seeds, settings=args.settings, cases=args.cases, test_cases=args.test_cases,
+                     amp_dtype=args.amp_dtype, profile=args.profile, bundle=bundle, overrides=dict(args.override),
+                     threshold=args.threshold, rescore=args.rescore)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``synthcp3d`` argument parser with all subcommands."""
     parser = argparse.ArgumentParser(
@@ -133,6 +215,38 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--title", default=None, help="page title")
     rep.add_argument("--no-thumbnails", action="store_true", help="skip the per-case slice thumbnails (no NIfTI reads)")
     rep.set_defaults(func=_cmd_report)
+
+    from synthcp3d.study import DEFAULT_CASES, DEFAULT_SETTINGS, DEFAULT_TEST_CASES
+
+    st = sub.add_parser(
+        "study",
+        help="measure whether the alarms predict segmentation quality: phantom settings x seeds, CV and held-out",
+        description="For every phantom setting and seed: generate a phantom (held-out labels hidden from the "
+                    "pipeline), run the pancreas_synthcp bundle as the demo does, score SynthCP, Direct Prediction, "
+                    "the VAE alarm, the ensemble and a constant baseline on the CV and held-out cases, and write "
+                    "diagnostics; writes DIR/study.{json,md,csv}. Rerunning the command resumes it.",
+    )
+    st.add_argument("--out", type=Path, required=True, help="study folder (DIR/<setting>/seed<k>/ per run)")
+    st.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 per setting (default 3)")
+    st.add_argument("--settings", type=_study_settings, default=DEFAULT_SETTINGS,
+                    help=f"comma-separated phantom settings (default {','.join(DEFAULT_SETTINGS)}; "
+                         "known: demo, adult, coarse, subtle, smoke)")  # fmt: skip
+    st.add_argument("--cases", type=_study_cases, default=DEFAULT_CASES,
+                    help=f"training (cross-validation) cases per run, >= 4 (default {DEFAULT_CASES})")
+    st.add_argument("--test-cases", type=_positive_int, default=DEFAULT_TEST_CASES,
+                    help=f"held-out test cases per run (default {DEFAULT_TEST_CASES})")
+    st.add_argument("--amp-dtype", default="auto", type=_amp_dtype,
+                    help="precision: auto (bf16 only where computed natively), float32, bfloat16")  # fmt: skip
+    st.add_argument("--profile", type=_study_profile, default="tiny", help="bundle profile (default tiny)")
+    st.add_argument("--bundle", type=Path, default=None,
+                    help="the pancreas_synthcp bundle folder (default: bundles/pancreas_synthcp of this repository)")
+    st.add_argument("--override", type=_study_override, action="append", default=[], metavar="KEY=VALUE",
+                    help="bundle setting for every config, VALUE as JSON (repeatable; e.g. segmenter#max_epochs=4)")
+    st.add_argument("--threshold", type=_study_threshold, default=0.5,
+                    help="Dice below which a case is bad, for the triage accuracy (default 0.5)")
+    st.add_argument("--rescore", action="store_true",
+                    help="recompute the scores and diagnostics of finished runs (the bundle stages are still reused)")
+    st.set_defaults(func=_cmd_study, study_parser=st)
     return parser
 
 

@@ -72,6 +72,8 @@ def sample_case(
     size: tuple[int, int, int],
     field_of_view_mm: tuple[float, float, float] | None = None,
     roi_center: str = "body",
+    tumour_radius_mm: tuple[float, float] = (3.0, 22.0),
+    contrast_scale: float = 1.0,
 ) -> PancreasCase:
     """Draw the random parameters of one case.
 
@@ -82,6 +84,9 @@ def sample_case(
             ~135-270 mm in z), i.e. ~0.7-0.9 mm x 1.5-3 mm voxels at 512x512x90, coarser for smaller grids.
         roi_center: ``"body"`` centres the grid on the body, ``"pancreas"`` on the pancreas (a
             coarse-stage region of interest, for a small ``field_of_view_mm``).
+        tumour_radius_mm: ``(lo, hi)`` range of the log-uniform mean tumour radius (default 3-22 mm).
+        contrast_scale: factor on every tumour's HU drop below the parenchyma (default 1: today's bands,
+            5-20 / 20-50 / 50-110 HU; e.g. 0.5 gives subtler tumours).
 
     Returns:
         The case's parameters; :func:`render_case` turns them into a volume.
@@ -96,6 +101,11 @@ def sample_case(
         if len(field_of_view_mm) != 3 or min(field_of_view_mm) <= 0:
             raise ValueError(f"field_of_view_mm must be three positive lengths, got {field_of_view_mm}")
         spacing = tuple(float(f) / s for f, s in zip(field_of_view_mm, size, strict=True))
+    r_lo, r_hi = (float(v) for v in tumour_radius_mm)
+    if not 0 < r_lo <= r_hi:
+        raise ValueError(f"tumour_radius_mm must be (lo, hi) with 0 < lo <= hi, got {tumour_radius_mm}")
+    if not float(contrast_scale) > 0:
+        raise ValueError(f"contrast_scale must be > 0, got {contrast_scale}")
 
     # Pancreas centreline through four control points (RAS mm): head beside the duodenum on the
     # patient's right, neck in front of the portal confluence, body over the aorta, tail towards the
@@ -109,18 +119,20 @@ def sample_case(
 
     lesions = []
     for _ in range(2 if rng.random() < 0.25 else 1):
-        r = float(np.exp(rng.uniform(np.log(3.0), np.log(22.0))))  # log-uniform 3-22 mm
+        # log-uniform radius, 3-22 mm by default; another range maps the same draw onto [r_lo, r_hi], so the random
+        # stream stays the default one and a case differs from its default twin in its tumours only
+        draw = rng.uniform(np.log(3.0), np.log(22.0))
+        r0 = float(np.exp(draw))
+        u = (draw - np.log(3.0)) / (np.log(22.0) - np.log(3.0))
+        r = r0 if (r_lo, r_hi) == (3.0, 22.0) else float(np.exp(np.log(r_lo) + u * (np.log(r_hi) - np.log(r_lo))))
         band = int(rng.choice(3, p=[0.2, 0.3, 0.5]))  # nearly invisible / subtle / obvious
-        contrast = float(rng.uniform(*[(5, 20), (20, 50), (50, 110)][band]))
-        lesions.append(
-            Lesion(
-                t=float(rng.uniform(0.0, 1.0)),
-                radii_mm=tuple(float(r * rng.uniform(0.7, 1.3)) for _ in range(3)),
-                contrast_hu=contrast,
-                offset_mm=tuple(float(v) for v in rng.normal(0.0, 2.5, 3)),
-                necrosis=float(rng.uniform(0.0, 1.0)) if r > 12 else 0.0,
-            )
-        )
+        contrast = float(rng.uniform(*[(5, 20), (20, 50), (50, 110)][band])) * float(contrast_scale)
+        t = float(rng.uniform(0.0, 1.0))
+        radii = tuple(float(r * rng.uniform(0.7, 1.3)) for _ in range(3))
+        offset = tuple(float(v) for v in rng.normal(0.0, 2.5, 3))
+        necrosis = float(rng.uniform(0.0, 1.0)) if r0 > 12 else 0.0  # drawn where the default radius draws it
+        lesions.append(Lesion(t=t, radii_mm=radii, contrast_hu=contrast, offset_mm=offset,
+                              necrosis=necrosis if r > 12 else 0.0))  # fmt: skip
 
     if roi_center == "pancreas":
         center = tuple(float(v) for v in np.mean(np.asarray(ctrl), axis=0))
@@ -340,6 +352,9 @@ def make_pancreas_dataset(
     field_of_view_mm: tuple[float, float, float] | None = None,
     roi_center: str = "body",
     progress: bool = True,
+    tumour_radius_mm: tuple[float, float] = (3.0, 22.0),
+    contrast_scale: float = 1.0,
+    hidden_test_labels: str | None = None,
 ) -> Path:
     """Write an MSD Task07-style dataset of phantom cases and return its root.
 
@@ -353,8 +368,12 @@ def make_pancreas_dataset(
         size: voxel grid ``(X, Y, Z)``.
         seed: random seed.
         num_test: unlabelled test cases, default ``max(1, num_cases // 4)``.
-        field_of_view_mm, roi_center: see :func:`sample_case`.
+        field_of_view_mm, roi_center, tumour_radius_mm, contrast_scale: see :func:`sample_case` (the defaults
+            reproduce the cases of earlier versions exactly).
         progress: show a progress bar.
+        hidden_test_labels: also write the test cases' ground-truth labels into ``<out>/<hidden_test_labels>/``
+            (e.g. ``"labelsTs_hidden"``), a folder that ``dataset.json`` does not reference, so that a study can
+            score held-out cases while the pipeline never sees their labels. Default None: no test labels.
     """
     from tqdm.auto import tqdm
 
@@ -362,10 +381,16 @@ def make_pancreas_dataset(
         raise ValueError(f"num_cases must be >= 1, got {num_cases}")
     num_test = max(1, num_cases // 4) if num_test is None else int(num_test)
     root = Path(out)
+    if hidden_test_labels is not None:
+        hidden = Path(hidden_test_labels)
+        if hidden.is_absolute() or len(hidden.parts) != 1 or hidden.name in ("", ".", "..", "imagesTr", "labelsTr",
+                                                                             "imagesTs"):  # fmt: skip
+            raise ValueError(f"hidden_test_labels must be a new folder name inside out, got {hidden_test_labels!r}")
     root.mkdir(parents=True, exist_ok=True)
     training, test, meta = [], [], {}
     for i in tqdm(range(num_cases + num_test), desc="pancreas phantom", unit="case", disable=not progress):
-        case = sample_case(np.random.default_rng([seed, i]), size, field_of_view_mm, roi_center)
+        case = sample_case(np.random.default_rng([seed, i]), size, field_of_view_mm, roi_center,
+                           tumour_radius_mm=tumour_radius_mm, contrast_scale=contrast_scale)  # fmt: skip
         image, label, affine = render_case(case)
         name = f"pancreas_{i + 1:03d}.nii.gz"
         if i < num_cases:
@@ -375,6 +400,8 @@ def make_pancreas_dataset(
         else:
             write_nifti(root / "imagesTs" / name, image, affine)
             test.append(f"./imagesTs/{name}")
+            if hidden_test_labels is not None:
+                write_nifti(root / hidden_test_labels / name, label, affine)
         voxel_ml = float(np.prod(case.spacing)) / 1000.0
         meta[name.split(".")[0]] = {
             "params": asdict(case),

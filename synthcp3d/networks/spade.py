@@ -63,61 +63,51 @@ class SPADENorm(SPADE):
         if not self._fused:
             actv = self.mlp_shared(segmap)
             return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
-        shared = self.mlp_shared.conv
-        actv = F.leaky_relu_(shared(segmap), self.mlp_shared.adn.A.negative_slope)
-        g_conv, b_conv = self.mlp_gamma.conv, self.mlp_beta.conv
-        weight = torch.cat((g_conv.weight, b_conv.weight))
-        bias = torch.cat((g_conv.bias, b_conv.bias))
-        gb = g_conv._conv_forward(actv, weight, bias)  # (B, 2C, *S): gamma | beta before their instance norms
-        gb = _instance_norm_plus_one(gb, x.shape[1], self.mlp_gamma.adn.N.eps)
-        one_plus_gamma, beta = gb[:, : x.shape[1]], gb[:, x.shape[1] :]
+        actv = F.leaky_relu_(self.mlp_shared.conv(segmap), self.mlp_shared.adn.A.negative_slope)
+        eps = self.mlp_gamma.adn.N.eps
+        one_plus_gamma = _instance_norm(self.mlp_gamma.conv(actv), eps, shift=1.0)
+        beta = _instance_norm(self.mlp_beta.conv(actv), eps)
         if torch.is_grad_enabled() and (normalized.requires_grad or beta.requires_grad):
             return torch.addcmul(beta, normalized, one_plus_gamma)
-        if beta.is_contiguous():  # contiguous layout: the beta half is one dense block, update it in place
-            return beta.addcmul_(normalized, one_plus_gamma)
-        return torch.addcmul(beta, normalized, one_plus_gamma)  # channels-last: a dense output in that layout
+        return beta.addcmul_(normalized, one_plus_gamma)  # no autograd: reuse beta's buffer
 
 
 def _fusable(spade: SPADE) -> bool:
-    """Whether a MONAI SPADE block has the layout :class:`SPADENorm`'s fused forward assumes."""
-    shared, gamma, beta = spade.mlp_shared, spade.mlp_gamma, spade.mlp_beta
+    """Whether a MONAI SPADE block has the layout :class:`SPADENorm`'s fast forward assumes: ``mlp_shared`` = conv
+    + LeakyReLU, ``mlp_gamma``/``mlp_beta`` = conv + affine-free instance norm without running statistics."""
     try:
-        acts_ok = [type(m) for m in shared.adn] == [nn.LeakyReLU]
-        norms_ok = all(
-            [type(m) for m in blk.adn] == [type(blk.adn.N)]
-            and isinstance(blk.adn.N, nn.modules.instancenorm._InstanceNorm)
-            and not blk.adn.N.affine
-            and not blk.adn.N.track_running_stats
-            for blk in (gamma, beta)
+        if [type(m) for m in spade.mlp_shared.adn] != [nn.LeakyReLU]:
+            return False
+        norms = [blk.adn.N for blk in (spade.mlp_gamma, spade.mlp_beta)]
+        return (
+            all(len(blk.adn) == 1 for blk in (spade.mlp_gamma, spade.mlp_beta))
+            and all(isinstance(n, nn.modules.instancenorm._InstanceNorm) for n in norms)
+            and not any(n.affine or n.track_running_stats for n in norms)
+            and norms[0].eps == norms[1].eps
         )
-        convs_ok = all(c.bias is not None and c.padding_mode == "zeros" for c in (gamma.conv, beta.conv))
-        same = (gamma.conv.kernel_size, gamma.conv.padding, gamma.conv.stride, gamma.conv.dilation) == (
-            beta.conv.kernel_size, beta.conv.padding, beta.conv.stride, beta.conv.dilation
-        )
-        return acts_ok and norms_ok and convs_ok and same and gamma.adn.N.eps == beta.adn.N.eps
     except AttributeError:
         return False
 
 
-def _instance_norm_plus_one(gb: torch.Tensor, c: int, eps: float) -> torch.Tensor:
-    """Affine-free instance norm of each channel of ``gb`` (B, 2c, *S), plus 1 on the first ``c`` channels.
+def _instance_norm(t: torch.Tensor, eps: float, shift: float = 0.0) -> torch.Tensor:
+    """Affine-free instance norm of ``t`` (B, C, *S), plus ``shift``, in ``t``'s memory format.
 
-    Computed as training-mode batch norm (input statistics, no running stats) of a one-"sample" view, which is
-    what instance norm is; without ``F.instance_norm``'s input copy and in the input's memory format.
+    Computed as training-mode batch norm (input statistics, no running stats) of a one-sample view, which is what
+    instance norm is, with ``shift`` as its bias; without ``F.instance_norm``'s input copy and its slow
+    channels-last path.
     """
-    b, c2 = gb.shape[:2]
-    p_dtype = gb.dtype if gb.dtype == torch.float64 else torch.float32
-    shift = torch.cat((gb.new_ones(c, dtype=p_dtype), gb.new_zeros(c2 - c, dtype=p_dtype)))
+    b, c = t.shape[:2]
+    p_dtype = t.dtype if t.dtype == torch.float64 else torch.float32
+    bias = t.new_full((c,), shift, dtype=p_dtype) if shift else None
+
+    def bn(v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.batch_norm(v, None, None, None, bias, training=True, momentum=0.0, eps=eps)
+
     if b == 1:
-        return F.batch_norm(gb, None, None, None, shift, training=True, momentum=0.0, eps=eps)
-    if gb.is_contiguous():
-        flat = gb.view(1, b * c2, *gb.shape[2:])
-        out = F.batch_norm(flat, None, None, None, shift.repeat(b), training=True, momentum=0.0, eps=eps)
-        return out.view_as(gb)
-    # channels-last batch: each sample is dense in that layout, a flat view is not
-    return torch.cat(
-        [F.batch_norm(gb[i : i + 1], None, None, None, shift, training=True, momentum=0.0, eps=eps) for i in range(b)]
-    )
+        return bn(t, bias)
+    if t.is_contiguous():
+        return bn(t.view(1, b * c, *t.shape[2:]), None if bias is None else bias.repeat(b)).view_as(t)
+    return torch.cat([bn(t[i : i + 1], bias) for i in range(b)])  # channels-last batch: each sample is dense
 
 
 def _norm_act(norm: SPADENorm, x: torch.Tensor, seg: torch.Tensor, act: bool) -> torch.Tensor:
@@ -186,10 +176,49 @@ class SPADEResBlock(nn.Module):
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         if seg.shape[2:] != x.shape[2:]:  # once for the block's two or three SPADE norms
             seg = F.interpolate(seg, size=x.shape[2:], mode="nearest")
-        x_s = self.conv_s(self._norm(self.norm_s, x, seg, act=False)) if self.learned_shortcut else x
-        dx = self.conv_0(self._norm(self.norm_0, x, seg))
-        dx = self.conv_1(self._norm(self.norm_1, dx, seg))
+        x_s = _sn_conv(self.conv_s, self._norm(self.norm_s, x, seg, act=False)) if self.learned_shortcut else x
+        dx = _sn_conv(self.conv_0, self._norm(self.norm_0, x, seg))
+        dx = _sn_conv(self.conv_1, self._norm(self.norm_1, dx, seg))
         return dx.add_(x_s)  # conv_1's output is not needed by its backward: add the shortcut in place
+
+
+def _spectral_norm_of(conv: nn.Module):
+    """The eval-mode spectral-norm parametrization of ``conv.weight`` if that is its only one, else None."""
+    plist = getattr(getattr(conv, "parametrizations", None), "weight", None)
+    if plist is None or len(plist) != 1:
+        return None
+    sn = plist[0]
+    if type(sn).__name__ != "_SpectralNorm" or sn.training or sn.dim != 0 or plist.original.ndim < 3:
+        return None
+    return sn
+
+
+def _sn_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a spectral-normalised conv; in eval mode without materialising ``W / sigma``.
+
+    In eval mode the parametrization does no power iteration, but recomputes ``W / sigma`` (a new copy of the weight,
+    plus a ``flatten`` copy of a channels-last weight for ``sigma``) at every forward. Here ``sigma = u^T W v`` is
+    computed on a view of the weight in its own memory order, and the 1/sigma goes where it is cheaper: into the
+    weight (``conv(x, W / sigma, b)``) when the output is larger than the weight (high resolution, few channels),
+    else onto the output (``conv(x, W, b * sigma) / sigma``, the low-resolution 1024-channel blocks). Training mode
+    (power iteration, u/v updates) uses the parametrization as is.
+    """
+    sn = _spectral_norm_of(conv)
+    if sn is None:
+        return conv(x)
+    w = conv.parametrizations.weight.original
+    order = sorted(range(1, w.ndim), key=lambda d: -w.stride(d))  # weight dims 1.. in memory order
+    w_view = w.permute(0, *order)
+    if not w_view.is_contiguous():
+        order, w_view = list(range(1, w.ndim)), w.contiguous()
+    v = sn._v.view(w.shape[1:]).permute(*(d - 1 for d in order)).reshape(-1)
+    with torch.autocast(x.device.type, enabled=False):
+        sigma = torch.vdot(sn._u, torch.mv(w_view.reshape(w.shape[0], -1), v))
+    out_numel = x.shape[0] * w.shape[0] * math.prod(x.shape[2:])  # stride 1, "same" padding
+    if out_numel >= w.numel():
+        return conv._conv_forward(x, w / sigma, conv.bias)
+    y = conv._conv_forward(x, w, None if conv.bias is None else conv.bias * sigma)
+    return y / sigma if torch.is_grad_enabled() and y.requires_grad else y.div_(sigma)
 
 
 class SPADEGenerator(nn.Module):
