@@ -27,7 +27,8 @@ demo: setup
 	$(BIN)/synthcp3d demo --out $(DEMO_OUT)
 
 # Does the alarm predict segmentation quality? Phantom settings x 3 seeds, CV and held-out scores + diagnostics
-# (synthcp3d/study.py; ~40-55 min on 2 CPU cores). Rerunning resumes; results in runs/study/study.{md,json,csv}.
+# (synthcp3d/study.py; ~50 min on 2 idle CPU cores, add --threads 1 on a busy machine). Rerunning resumes;
+# results in runs/study/study.{md,json,csv}.
 study: setup
 	$(BIN)/synthcp3d study --out runs/study --seeds 3
 

@@ -142,7 +142,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
     return run_study(args.out, seeds=args.seeds, settings=args.settings, cases=args.cases, test_cases=args.test_cases,
                      amp_dtype=args.amp_dtype, profile=args.profile, bundle=bundle, overrides=dict(args.override),
-                     threshold=args.threshold, rescore=args.rescore)  # fmt: skip
+                     threshold=args.threshold, rescore=args.rescore, threads=args.threads)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Dice below which a case is bad, for the triage accuracy (default 0.5)")
     st.add_argument("--rescore", action="store_true",
                     help="recompute the scores and diagnostics of finished runs (the bundle stages are still reused)")
+    st.add_argument("--threads", type=_positive_int, default=None,
+                    help="torch intra-op threads (default: torch's, one per core; 1 is faster on a busy machine)")
     st.set_defaults(func=_cmd_study, study_parser=st)
     return parser
 

@@ -31,9 +31,13 @@ alarm table and held-out alarm table present) is reused, and an unfinished one r
 stage (``DIR/<setting>/seed<k>/stages.json``), so running the same command again completes a study.
 
 Budget: the default study (settings ``demo,adult``, 3 seeds, 20 training + 8 held-out cases, ``tiny`` profile,
-fp32 on 2 CPU cores) is 6 runs of ~6-9 min each (the demo's 32-case run takes ~10 min; the segmenter
-cross-validation scales with the number of cases, the GAN and alarm training do not), i.e. ~40-55 min. More
-settings, seeds or cases are options (``--settings demo,adult,coarse,subtle``), at ~8 min per extra run.
+fp32, 2 idle CPU cores) is 6 runs of ~8-9 min, ~50 min in all. That is an estimate from the demo's idle stage
+times (32 cases: CV 294 s, SPADE 69 s, synthesis 19 s, comparator 179 s, VAE 20 s, the rest ~10 s): the segmenter
+cross-validation scales with the training cases (4 x 15 + 20 vs 4 x 24 + 32 case-epochs: ~185 s), the GAN and the
+alarm training hardly do; ``adult`` adds ~40 s of phantom rendering and larger NIfTIs. On a machine other jobs
+share, torch's 2 intra-op threads can be 10-20x slower than 1 thread (measured here: a run's CV took 2225 s and
+SPADE 880 s with 2 threads under load ~5); pass ``--threads 1`` there. More settings, seeds or cases are options
+(``--settings demo,adult,coarse,subtle``), at ~8 min per extra run.
 """
 
 from __future__ import annotations
@@ -126,6 +130,10 @@ def score(pred: np.ndarray, true: np.ndarray, threshold: float = 0.5) -> dict[st
     res = image_level(np.where(valid, p, 0.0), np.where(valid, t, np.nan), valid=valid, threshold=threshold)
     for k, c in enumerate(CLASSES):
         out[c].update({m: float(res["per_class"][m][k]) for m in METRICS})
+        pk, tk = p[valid[:, k], k], t[valid[:, k], k]
+        if pk.size and (np.ptp(pk) == 0 or np.ptp(tk) == 0):
+            # undefined; image_level's centred sums of a constant are rounding noise (e.g. 20 x 0.1), not zero
+            out[c]["pearson"] = out[c]["spearman"] = float("nan")
     return out
 
 
@@ -585,7 +593,8 @@ def render_markdown(study: Mapping) -> str:
     """The ``study.md`` page."""
     lines = ["# SynthCP alarm study (3D pancreas phantom)", "",
              f"- command: `{study['command']}`", f"- CPU capability: {study['cpu_capability']}",
-             f"- {study['precision']}", f"- profile: {study['options']['profile']}; settings: "
+             f"- {study['precision']}; {study.get('torch_threads')} torch threads",
+             f"- profile: {study['options']['profile']}; settings: "
              + ", ".join(f"`{s}` {SETTINGS.get(s, {})}" for s in study["options"]["settings"]),
              f"- {study['options']['cases']} training (CV) + {study['options']['test_cases']} held-out cases per "
              f"run, {study['options']['seeds']} seeds; triage threshold {study['options']['threshold']}",
@@ -694,11 +703,14 @@ def write_outputs(out: Path, study: dict) -> None:
 
 
 def study_command(out: Path, *, seeds: int, settings: Sequence[str], cases: int, test_cases: int, amp_dtype: str,
-                  profile: str, bundle: Path, overrides: Mapping | None, threshold: float) -> str:
+                  profile: str, bundle: Path, overrides: Mapping | None, threshold: float,
+                  threads: int | None = None) -> str:
     """The ``synthcp3d study`` command line that reruns (resumes) this study."""
     args = ["synthcp3d", "study", "--out", str(out), "--seeds", str(seeds), "--settings", ",".join(settings),
             "--cases", str(cases), "--test-cases", str(test_cases), "--amp-dtype", amp_dtype, "--profile", profile,
             "--bundle", str(bundle), "--threshold", str(threshold)]  # fmt: skip
+    if threads is not None:
+        args += ["--threads", str(threads)]
     for k, v in (overrides or {}).items():
         args += ["--override", f"{k}={json.dumps(v)}"]
     return " ".join(shlex.quote(a) for a in args)
@@ -707,14 +719,20 @@ def study_command(out: Path, *, seeds: int, settings: Sequence[str], cases: int,
 def run_study(out: str | Path, *, seeds: int = 3, settings: Sequence[str] = DEFAULT_SETTINGS,
               cases: int = DEFAULT_CASES, test_cases: int = DEFAULT_TEST_CASES, amp_dtype: str = "auto",
               profile: str = "tiny", bundle: str | Path | None = None, overrides: Mapping | None = None,
-              threshold: float = 0.5, rescore: bool = False) -> int:  # fmt: skip
-    """Run the study into ``out``; returns 0 when every run finished, 1 when some failed (all recorded)."""
+              threshold: float = 0.5, rescore: bool = False, threads: int | None = None) -> int:  # fmt: skip
+    """Run the study into ``out``; returns 0 when every run finished, 1 when some failed (all recorded).
+
+    ``threads``: ``torch.set_num_threads`` for the whole study (None: torch's default, one per core). On a machine
+    that other jobs share, 1 can be much faster: with 2 intra-op threads on 2 busy cores a SPADE step measured
+    10-20x slower than with 1 thread (the threads wait for each other at every op)."""
     import torch
 
     from synthcp3d.demo import default_bundle
     from synthcp3d.engines.precision import parse_amp_dtype, resolve_precision, set_flush_denormals
 
     amp_dtype = parse_amp_dtype(amp_dtype)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
     set_flush_denormals(True)  # before the first torch op, as the demo does
     bundle = Path(bundle or default_bundle()).resolve()
     unknown = [s for s in settings if s not in SETTINGS]
@@ -728,10 +746,11 @@ def run_study(out: str | Path, *, seeds: int = 3, settings: Sequence[str] = DEFA
     precision = resolve_precision(amp_dtype).describe()
     command = study_command(out, seeds=seeds, settings=settings, cases=cases, test_cases=test_cases,
                             amp_dtype=amp_dtype, profile=profile, bundle=bundle, overrides=overrides,
-                            threshold=threshold)  # fmt: skip
-    print(f"[synthcp3d study] {precision}; CPU capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
+                            threshold=threshold, threads=threads)  # fmt: skip
+    print(f"[synthcp3d study] {precision}; CPU capability {torch.backends.cpu.get_cpu_capability()}; "
+          f"{torch.get_num_threads()} torch threads", flush=True)  # fmt: skip
     study = {"command": command, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "precision": precision,
-             "bundle": str(bundle),
+             "torch_threads": torch.get_num_threads(), "bundle": str(bundle),
              "options": {"seeds": seeds, "settings": list(settings), "cases": cases, "test_cases": test_cases,
                          "amp_dtype": amp_dtype, "profile": profile, "overrides": dict(overrides or {}),
                          "threshold": threshold},

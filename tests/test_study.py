@@ -4,6 +4,7 @@ study knobs, CLI usage errors, and resume / skip / failure handling on fake run 
 import csv
 import dataclasses
 import json
+import shlex
 
 import nibabel as nib
 import numpy as np
@@ -59,6 +60,9 @@ def test_constant_baseline_is_the_training_mean():
     assert res["tumour"]["mae"] == pytest.approx(100 * np.mean(np.abs(0.2 - true[:, 1])))
     assert np.isnan(res["tumour"]["pearson"]) and np.isnan(res["tumour"]["spearman"])  # undefined for a constant
     assert np.isnan(study.constant_baseline(np.array([[0.5, np.nan]]), 2)[:, 1]).all()
+    for value in (0.1, 0.3, 1 / 3, 0.0463):  # the mean of equal floats is not always that float
+        const = study.score(np.full((20, 2), value), np.linspace(0, 1, 40).reshape(20, 2))
+        assert np.isnan(const["tumour"]["pearson"]) and np.isnan(const["pancreas"]["spearman"])
 
 
 def test_score_split_scores_every_method_and_the_baseline():
@@ -240,6 +244,7 @@ def test_phantom_tumour_knobs():
     ["--settings", "demo,demo"], ["--settings", ""], ["--amp-dtype", "float16"], ["--threshold", "1.5"],
     ["--threshold", "abc"], ["--override", "noequals"], ["--override", "output_dir=/x"], ["--override", "=3"],
     ["--profile", "../x"], ["--profile", "nope"], ["--bundle", "/nonexistent/bundle"], ["--unknown"],
+    ["--threads", "0"], ["--threads", "two"], ["--cases", "-5"],
 ])  # fmt: skip
 def test_cli_usage_errors_exit_2(bad, tmp_path, capsys):
     argv = ["study", *([] if bad == [] else ["--out", str(tmp_path / "s")]), *bad]
@@ -260,7 +265,21 @@ def test_cli_passes_options(monkeypatch, tmp_path):
     assert seen["settings"] == ("coarse", "subtle") and seen["seeds"] == 2 and seen["cases"] == 8
     assert seen["test_cases"] == 3 and seen["amp_dtype"] == "float32" and seen["profile"] == "tiny"
     assert seen["overrides"] == {"segmenter#max_epochs": 4, "spade#patch_size": [16, 16, 16], "note": "plain"}
-    assert seen["threshold"] == 0.4 and seen["rescore"] is False
+    assert seen["threshold"] == 0.4 and seen["rescore"] is False and seen["threads"] is None
+    assert main(["study", "--out", str(tmp_path), "--threads", "1", "--rescore"]) == 0
+    assert seen["threads"] == 1 and seen["rescore"] is True and seen["settings"] == study.DEFAULT_SETTINGS
+    assert seen["cases"] == study.DEFAULT_CASES and seen["test_cases"] == study.DEFAULT_TEST_CASES
+
+
+def test_study_command_reruns_the_study():
+    from synthcp3d.cli import build_parser
+
+    cmd = study.study_command("/tmp/s t", seeds=2, settings=("demo", "coarse"), cases=8, test_cases=3,
+                              amp_dtype="float32", profile="tiny", bundle="bundles/pancreas_synthcp",
+                              overrides={"spade#patch_size": [16, 16, 16]}, threshold=0.5, threads=1)  # fmt: skip
+    args = build_parser().parse_args(shlex.split(cmd)[1:])
+    assert str(args.out) == "/tmp/s t" and args.seeds == 2 and args.settings == ("demo", "coarse")
+    assert args.override == [("spade#patch_size", [16, 16, 16])] and args.threads == 1
 
 
 # ----------------------------------------------------------------------------- fake runs: resume and skip
