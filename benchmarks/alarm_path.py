@@ -9,7 +9,8 @@ fresh subprocess, which also reports its peak RSS and the time of each stage.
 Settings:
 
 - ``fp32``: ``amp_dtype="float32"`` with contiguous tensors. The engines convert every network input to
-  channels-last whatever the precision, so this worker replaces their ``to_channels_last`` with the identity;
+  channels-last whatever the precision, so this worker replaces their ``to_channels_last`` with
+  ``.contiguous()`` (which also undoes inputs that are channels-last by construction, e.g. ``one_hot().movedim``);
   a forward pre-hook records the memory format the networks actually receive (the "layout" column);
 - ``auto``: ``amp_dtype="auto"`` as the bundles run it: whatever
   :func:`synthcp3d.engines.precision.resolve_precision` gives on this CPU (bf16 autocast only with native bf16,
@@ -38,7 +39,7 @@ SETTINGS = {"fp32": "float32", "auto": "auto"}
 
 
 def _contiguous_only() -> None:
-    """Make every ``to_channels_last`` the engines imported an identity (the fp32-contiguous setting)."""
+    """Make every ``to_channels_last`` the engines imported return contiguous tensors (the fp32-contiguous setting)."""
     import synthcp3d.alarms.augment  # noqa: F401  (import every user before patching their copies)
     import synthcp3d.alarms.comparator  # noqa: F401
     import synthcp3d.alarms.vae  # noqa: F401
@@ -48,7 +49,7 @@ def _contiguous_only() -> None:
 
     for name, mod in list(sys.modules.items()):
         if name.startswith("synthcp3d.") and hasattr(mod, "to_channels_last"):
-            mod.to_channels_last = lambda x: x
+            mod.to_channels_last = lambda x: x.contiguous()  # also for inputs built channels-last (one_hot().movedim)
 
 
 def _cpu() -> str:
@@ -99,10 +100,15 @@ def _worker(root: Path, setting: str, reps: int) -> dict:
 
     def watch(name: str):
         def hook(_module, args):
-            x = next((a for a in args if isinstance(a, torch.Tensor) and a.ndim == 5), None)
-            if x is not None:
-                cl = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
-                layouts.setdefault(name, set()).add("channels-last" if cl else "contiguous")
+            # a 1-channel tensor is both layouts at once: judge by the multi-channel inputs
+            for x in (a for a in args if isinstance(a, torch.Tensor) and a.ndim == 5):
+                if x.shape[1] == 1:
+                    kind = "1-channel"
+                elif x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+                    kind = "channels-last"
+                else:
+                    kind = "contiguous"
+                layouts.setdefault(name, set()).add(kind)
 
         return hook
 
@@ -137,8 +143,11 @@ def _worker(root: Path, setting: str, reps: int) -> dict:
         if not best or stages["total"] < best["total"]:
             best = stages
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    short = {"channels-last": "CL", "contiguous": "contiguous"}
-    layout = ", ".join(f"{k} {'/'.join(short[v] for v in sorted(vs))}" for k, vs in layouts.items()) or "?"
+    def kinds(vs: set[str]) -> str:
+        vs = vs - {"1-channel"} or vs  # a 1-channel tensor says nothing when a multi-channel one is there
+        return "+".join(sorted(vs))
+
+    layout = ", ".join(f"{k}: {kinds(vs)}" for k, vs in layouts.items()) or "?"
     return {"setting": setting, "seconds_per_case": best["total"], "stages": best, "peak_rss_mb": peak_mb,
             "cpu": _cpu(), "precision": precision.describe().removeprefix("precision: "), "name": precision.name,
             "layout": layout, "threads": torch.get_num_threads()}  # fmt: skip

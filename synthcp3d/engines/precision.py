@@ -7,9 +7,10 @@ on a 2-core AVX2 EPYC, a 1024^2 matmul ran at 0.8 GFLOP/s in bf16 against 122 in
 - CUDA: bf16 where the device supports it, fp32 otherwise;
 - CPU: bf16 only with native bf16 (AVX512-BF16 or AMX), fp32 otherwise.
 
-Channels-last inputs stay on for CPUs in either dtype: fp32 ``channels_last_3d`` conv3d measured 1.9x faster than
-contiguous on the AVX2 machine and 1.8x on an AVX512-BF16 one (``benchmarks/networks.py`` re-measures whole
-networks side by side). On CUDA they are used with bf16 only, where tensor cores want them.
+Channels-last inputs stay on for CPUs in either dtype. A single fp32 ``channels_last_3d`` conv3d measured 1.9x faster
+than contiguous on an AVX2 machine and 1.8x on an AVX512-BF16 one, but whole 3D networks gain only 0.92-1.28x in
+fp32 (fp32 conv3d hands back contiguous outputs on this torch build) and 1.3-3x with native bf16; the 2D paper
+generator gains 1.07-1.12x in fp32 (``benchmarks/networks.md``). On CUDA they are used with bf16 only.
 
 Denormal floats are a second CPU trap: SPADE activations go denormal, and x86 CPUs compute them in microcode
 (a 3D GAN step 14.4 -> 2.2 CPU s with flushing). :func:`set_flush_denormals` sets the flag for a process, and

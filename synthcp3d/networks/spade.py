@@ -32,19 +32,21 @@ class SPADENorm(SPADE):
     """MONAI :class:`~monai.networks.blocks.SPADE`, same parameters and outputs, computed with fewer memory passes.
 
     MONAI builds ``mlp_gamma``/``mlp_beta`` as :class:`~monai.networks.blocks.Convolution` with its default
-    ``norm="INSTANCE"``, so gamma and beta are each instance-normalised (affine-free) after their 3^d conv; unlike
-    NVlabs' SPADE (plain convs, ReLU in ``mlp_shared``; MONAI uses LeakyReLU(0.01)). That is the architecture of
-    the trained checkpoints, so it is kept; only its evaluation changes:
+    ``norm="INSTANCE"``, so gamma and beta are each instance-normalised (affine-free) after their 3^d conv, unlike
+    NVlabs' SPADE (plain convs; also ReLU in ``mlp_shared`` where MONAI has LeakyReLU(0.01)). That is the
+    architecture of the trained checkpoints, so it is kept; only its evaluation changes:
 
-    - the gamma and beta convs run as one conv with the two weights concatenated (``2 * norm_nc`` outputs);
-    - both instance norms run as one affine-free batch norm over the (1, B * 2 * norm_nc, *S) view, which for
-      one sample (or a contiguous batch) is exactly instance norm, with bias 1 on the gamma half, so it yields
-      ``1 + gamma`` directly. ``F.instance_norm`` instead copies its input and, for ``channels_last`` tensors,
-      falls back to a slow strided path (measured 2.4x slower than this);
-    - ``normalized * (1 + gamma) + beta`` is one ``addcmul`` (in place when autograd does not record);
+    - the two instance norms run as training-mode, affine-free batch norms of one-sample views (which is what
+      instance norm is), the gamma one with bias 1, so it yields ``1 + gamma`` directly. ``F.instance_norm``
+      copies its input to contiguous, returns a contiguous tensor (the next op converts back), is 4-10x slower
+      than batch norm's channels-last kernel there, and, on CPU (torch 2.13), returns a wrong input gradient when
+      its grad_output is channels-last and the batch has one sample: MONAI's block then trains on wrong
+      gamma/beta/mlp_shared gradients in channels-last;
+    - ``normalized * (1 + gamma) + beta`` is one ``addcmul`` (in place when autograd does not record), and
+      ``mlp_shared``'s LeakyReLU runs in place;
     - no ``x.contiguous()`` (MONAI's forward copies every channels-last activation back to contiguous), and the
-      segmap is not re-interpolated when it already has ``x``'s spatial shape (the generator resizes it once
-      per resolution instead of once per SPADE block).
+      segmap is not re-interpolated when it already has ``x``'s spatial shape (the residual block resizes it once
+      for its two or three norms, the generator once per resolution).
 
     Modules whose layout differs from what this expects (another MONAI version) use MONAI's computation, minus
     the ``contiguous()`` copy. Construction and parameters (state_dict keys) are MONAI's.
@@ -179,6 +181,8 @@ class SPADEResBlock(nn.Module):
         x_s = _sn_conv(self.conv_s, self._norm(self.norm_s, x, seg, act=False)) if self.learned_shortcut else x
         dx = _sn_conv(self.conv_0, self._norm(self.norm_0, x, seg))
         dx = _sn_conv(self.conv_1, self._norm(self.norm_1, dx, seg))
+        if dx.dtype != x_s.dtype:  # (autocast with an fp32 input) keep the out-of-place type promotion
+            return x_s + dx
         return dx.add_(x_s)  # conv_1's output is not needed by its backward: add the shortcut in place
 
 
