@@ -52,20 +52,6 @@ def _contiguous_only() -> None:
             mod.to_channels_last = lambda x: x.contiguous()  # also for inputs built channels-last (one_hot().movedim)
 
 
-def _cpu() -> str:
-    import torch
-
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{torch.backends.cpu.get_cpu_capability()} ({model})"
-
-
 def _worker(root: Path, setting: str, reps: int) -> dict:
     import copy
     import dataclasses
@@ -80,7 +66,7 @@ def _worker(root: Path, setting: str, reps: int) -> dict:
     from synthcp3d.alarms.samples import build_samples, load_index
     from synthcp3d.alarms.vae import vae_features
     from synthcp3d.data.msd import msd_datalist
-    from synthcp3d.engines.precision import resolve_precision
+    from synthcp3d.engines.precision import cpu_description, resolve_precision
     from synthcp3d.engines.segmentation import predict_volumes
     from synthcp3d.engines.spade import synthesize_volumes
     from synthcp3d.networks import DirectPredictor, Segmenter, ShapeVAE, SiameseComparator, SPADEGenerator
@@ -149,8 +135,8 @@ def _worker(root: Path, setting: str, reps: int) -> dict:
 
     layout = ", ".join(f"{k}: {kinds(vs)}" for k, vs in layouts.items()) or "?"
     return {"setting": setting, "seconds_per_case": best["total"], "stages": best, "peak_rss_mb": peak_mb,
-            "cpu": _cpu(), "precision": precision.describe().removeprefix("precision: "), "name": precision.name,
-            "layout": layout, "threads": torch.get_num_threads()}  # fmt: skip
+            "cpu": cpu_description(), "precision": precision.describe().removeprefix("precision: "),
+            "name": precision.name, "layout": layout, "threads": torch.get_num_threads()}  # fmt: skip
 
 
 def main() -> None:

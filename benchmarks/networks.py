@@ -130,23 +130,9 @@ def mode_settings(mode: str):
 
 def machine_caption() -> str:
     """CPU capability, CPU model and what ``auto`` resolves to, for the caption of every table."""
-    import platform
+    from synthcp3d.engines.precision import cpu_description, resolve_precision
 
-    import torch
-
-    from synthcp3d.engines.precision import resolve_precision
-
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cap = torch.backends.cpu.get_cpu_capability()
-    auto = resolve_precision("auto", "cpu")
-    return f"CPU: {model}, torch CPU capability {cap}; auto -> {auto.describe()}"
+    return f"CPU (torch capability, model): {cpu_description()}; auto -> {resolve_precision('auto', 'cpu').describe()}"
 
 
 def auto_name() -> str:

@@ -31,6 +31,7 @@ import torch
 __all__ = [
     "AMP_DTYPES",
     "Precision",
+    "cpu_description",
     "flush_denormals",
     "flush_denormals_enabled",
     "native_bf16",
@@ -88,15 +89,25 @@ def parse_amp_dtype(value: str | torch.dtype | None) -> str:
     raise ValueError(f"amp_dtype must be one of {allowed}, got {value!r}")
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` line's value in ``/proc/cpuinfo`` (Linux), or None."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        if line.startswith(field):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    return set((_cpuinfo("flags") or "").split())
+
+
+def cpu_description() -> str:
+    """The CPU for benchmark tables and notes, e.g. ``AVX512 (AMD EPYC)``: torch's capability and the model name."""
+    return f"{torch.backends.cpu.get_cpu_capability()} ({_cpuinfo('model name') or 'unknown CPU'})"
 
 
 def native_bf16(device: str | torch.device = "cpu") -> tuple[bool, str]:
@@ -110,7 +121,7 @@ def native_bf16(device: str | torch.device = "cpu") -> tuple[bool, str]:
     cap = torch.backends.cpu.get_cpu_capability()
     # torch.cpu's probes are private; fall back to the kernel's CPU flags where they are missing
     probe = {n: getattr(torch.cpu, f"_is_{n}_supported", None) for n in ("avx512_bf16", "amx_tile")}
-    flags = _cpu_flags()
+    flags = _cpu_flags() if None in probe.values() else set()
     avx512_bf16 = probe["avx512_bf16"]() if probe["avx512_bf16"] else "avx512_bf16" in flags
     amx = probe["amx_tile"]() if probe["amx_tile"] else "amx_bf16" in flags
     if amx:
@@ -139,7 +150,7 @@ def _resolve(request: str, device_type: str) -> Precision:
 def _resolve_cached(request: str, device_type: str) -> Precision:
     p = _resolve(request, device_type)
     logger.info(p.describe())
-    if request == "bfloat16" and "emulated" in p.reason:
+    if p.dtype == "bfloat16" and not native_bf16(device_type)[0]:
         logger.warning("bfloat16 was requested on a device without native bf16: expect 14-150x slower than float32")
     return p
 
