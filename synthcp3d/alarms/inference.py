@@ -172,7 +172,8 @@ def alarm_new_images(
                        hu_window=hu, amp_dtype=amp_dtype, device=device, progress=progress)  # fmt: skip
     samples = build_samples(load_index(index, out / "synth", splits=("new",)), roi_size=cfg["roi_size"],
                             pixdim=pixdim, hu_window=hu, num_classes=ncls,
-                            pred_input=cfg.get("pred_input", "probs"))  # fmt: skip
+                            pred_input=cfg.get("pred_input", "probs"),
+                            read_synth=not cfg.get("crop_synthesis"))  # fmt: skip
     run = {"amp_dtype": amp_dtype, "device": device}
     if cfg.get("crop_synthesis"):  # the comparator was trained on x̂ = G(ŷ) of the crop: give it the same
         samples = synthesize_crops(samples, generator, num_classes=ncls, **run)

@@ -62,10 +62,10 @@ ALARM_LAYOUT = """\
 STAGE_FILES = {"comparator": "comparator_predictions.json", "vae": "vae_predictions.json"}
 
 
-def _samples(index, synth_dir, crop: Mapping) -> tuple[list[dict], list[dict]]:
+def _samples(index, synth_dir, crop: Mapping, read_synth: bool = True) -> tuple[list[dict], list[dict]]:
     """(labelled CV samples, test / unlabelled samples) of the prediction index."""
     cases = load_index(index, synth_dir)
-    samples = build_samples(cases, **crop)
+    samples = build_samples(cases, **crop, read_synth=read_synth)
     cv = [s for s in samples if s["split"] == "cv" and s["label_mask"] is not None]
     test = [s for s in samples if s["split"] != "cv" or s["label_mask"] is None]
     if len(cv) < 2:
@@ -190,7 +190,7 @@ def train_comparator_alarms(
     crop = {"roi_size": [int(r) for r in roi_size], "pixdim": [float(p) for p in pixdim],
             "hu_window": [float(h) for h in hu_window], "num_classes": int(num_classes),
             "pred_input": pred_input}  # fmt: skip
-    cv, test = _samples(index, synth_dir, crop)
+    cv, test = _samples(index, synth_dir, crop, read_synth=generator is None)
     run = {"amp_dtype": amp_dtype, "device": device}
     if generator is not None:  # one synthesis path for real, perturbed and new samples (augment.synthesize_crops)
         cv, test = (synthesize_crops(s, generator, num_classes=num_classes, **run) for s in (cv, test))

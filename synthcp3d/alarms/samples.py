@@ -162,6 +162,7 @@ def build_samples(
     hu_window: Sequence[float] = (-87.0, 199.0),
     num_classes: int = 3,
     pred_input: str = "probs",
+    read_synth: bool = True,
 ) -> list[dict]:
     """Load every case of :func:`load_index` into an in-memory, organ-centred crop.
 
@@ -173,6 +174,8 @@ def build_samples(
         pred_input: what the comparator sees as ŷ under ``"probs"``: the segmenter's ``"probs"`` (softmax) or
             ``"onehot"`` of its label map (the paper's ŷ; also what perturbed label maps give, see
             :mod:`~synthcp3d.alarms.augment`).
+        read_synth: load the ``"synth"`` volume; False leaves ``"synth"`` None without reading the file (for
+            x̂ made on the crop by :func:`~synthcp3d.alarms.augment.synthesize_crops`; ``"paths"`` keeps it).
 
     Returns:
         One dict per case (R = ``roi_size``): ``"case_id"``, ``"split"``, ``"fold"``, ``"paths"`` (the input
@@ -214,7 +217,7 @@ def build_samples(
             "grid": {"meta": copy.deepcopy(dict(image.meta)), "ops": copy.deepcopy(image.applied_operations),
                      "shape": tuple(image.shape[1:]), "start": start, "roi": roi, "transform": img_tf},
         }  # fmt: skip
-        if rec.get("synth"):
+        if read_synth and rec.get("synth"):
             s["synth"] = _crop(img_tf({"image": rec["synth"]})["image"].as_tensor().float(), start, roi)
         if label is not None:
             s["label_mask"] = mask_channels(_crop(label.as_tensor()[None], start, roi)).to(torch.uint8)
