@@ -14,10 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from synthcp3d.alarms.samples import case_dice, mask_channels
-from synthcp3d.data.labels import one_hot
+from synthcp3d.data.labels import box_dilate, one_hot
 from synthcp3d.engines.inferers import autocast_context, to_channels_last
 
 __all__ = ["PERTURBATIONS", "apply_perturbation", "augment_samples", "draw_perturbation", "synthesize_crops"]
@@ -27,11 +26,8 @@ PERTURBATIONS = ("tumour_dilate", "tumour_erode", "tumour_shift", "tumour_drop",
 
 
 def _dilate(mask: torch.Tensor, r: int) -> torch.Tensor:
-    """Binary dilation of ``mask`` (*S) bool by a (2r+1)-cube (max pooling; 2D or 3D)."""
-    if r <= 0:
-        return mask.clone()
-    pool = F.max_pool3d if mask.ndim == 3 else F.max_pool2d
-    return pool(mask[None, None].float(), 2 * r + 1, stride=1, padding=r)[0, 0] > 0
+    """Binary dilation of ``mask`` (*S) bool by a (2r+1)-cube (2D or 3D)."""
+    return box_dilate(mask, r, mask.ndim)
 
 
 def _erode(mask: torch.Tensor, r: int) -> torch.Tensor:

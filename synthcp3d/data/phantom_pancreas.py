@@ -4,8 +4,9 @@ Each case is a contrast-enhanced (portal-venous-like) abdominal CT in Hounsfield
 subcutaneous and visceral fat, muscle wall, liver, spleen, kidneys, spine, aorta and IVC, bowel loops
 with gas and fluid, a splenic vein running behind the pancreas, and a lobulated, curved pancreas
 (head near the duodenum, body over the aorta, tail towards the spleen) holding one or two hypodense
-tumours whose size (a few mm to several cm) and contrast (from obvious to nearly invisible) vary
-widely. Acquisition: anisotropic voxels, slice-thickness blur, correlated noise, int16 HU.
+tumours (solid masses at the parenchyma's HU minus their contrast) whose size (a few mm to several cm)
+and contrast (from obvious to nearly invisible) vary widely. Acquisition: anisotropic voxels, slice-thickness
+blur, correlated noise, int16 HU.
 
 Following TorchIO, random parameters are drawn apart from their application:
 :func:`sample_case` draws a :class:`PancreasCase` (plain numbers, saved to ``phantom_meta.json``),
@@ -327,8 +328,12 @@ def render_case(case: PancreasCase) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         qn = q[near] / (1.0 + 0.25 * edge)
         inside = qn < 1.0
         weight = 1.0 / (1.0 + np.exp(np.clip((qn - 1.0) / 0.12, -50, 50)))  # soft edge
-        drop = lesion.contrast_hu * weight * (1.0 + lesion.necrosis * np.clip(1.0 - 2 * qn, 0, 1))
-        img[near] -= drop.astype(np.float32)
+        # A solid mass that replaces the tissue it grows into, at the parenchyma's HU minus its contrast (necrotic
+        # core darker): subtle against the pancreas, plain against fat. Darkening whatever lies underneath instead
+        # put most of a large tumour below the HU window's floor (fat minus contrast), where no segmenter can see it.
+        mass = (hu["pancreas"] - lesion.contrast_hu * (1.0 + lesion.necrosis * np.clip(1.0 - 2 * qn, 0, 1))
+                + 8.0 * texture[near])
+        img[near] = ((1.0 - weight) * img[near] + weight * mass).astype(np.float32)
         lab_near = label[near]
         lab_near[inside] = 2
         label[near] = lab_near
@@ -369,7 +374,7 @@ def make_pancreas_dataset(
         seed: random seed.
         num_test: unlabelled test cases, default ``max(1, num_cases // 4)``.
         field_of_view_mm, roi_center, tumour_radius_mm, contrast_scale: see :func:`sample_case` (the defaults
-            reproduce the cases of earlier versions exactly).
+            draw the parameters of earlier versions exactly).
         progress: show a progress bar.
         hidden_test_labels: also write the test cases' ground-truth labels into ``<out>/<hidden_test_labels>/``
             (e.g. ``"labelsTs_hidden"``), a folder that ``dataset.json`` does not reference, so that a study can

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -360,6 +361,7 @@ def cross_validate(
     train_folds: bool = True,
     train_final: bool = True,
     final_weights: str | Path | None = None,
+    final_from_fold: int | None = None,
     train_kwargs: dict | None = None,
     predict_kwargs: dict | None = None,
     device: str | torch.device = "cpu",
@@ -376,18 +378,26 @@ def cross_validate(
         train_final: also train on all cases and predict ``test_items``.
         final_weights: a ``state_dict`` file (e.g. your own segmenter): loaded as the final model instead of
             training it; ``test_items`` are predicted with it.
+        final_from_fold: use fold k's model as the final model (copied to ``final/models/model.pt``) instead of
+            training one more. Its test predictions then err the way the out-of-fold predictions the alarms learn
+            from do (a model trained on (k-1)/k of the cases, not on all), and the CV costs one training less.
         train_kwargs, predict_kwargs: passed to :func:`train_segmenter` / :func:`predict_volumes`.
 
     Returns:
         The prediction index ``{case_id: {...}}`` also written to ``predictions/index.json``.
     """
+    if final_from_fold is not None:
+        if not train_folds or not 0 <= final_from_fold < num_folds:
+            raise ValueError(f"final_from_fold={final_from_fold} needs train_folds and 0 <= k < {num_folds}")
+        if final_weights:
+            raise ValueError("give final_weights or final_from_fold, not both")
     out_dir = Path(out_dir)
     train_kwargs, predict_kwargs = dict(train_kwargs or {}), dict(predict_kwargs or {})
     by_id = {it["case_id"]: it for it in train_items}
     folds = fold_split(sorted(by_id), num_folds, fold_seed, fold_shuffle)
     precision = resolve_precision(train_kwargs.get("amp_dtype", "auto"), device)
     split = {"seed": fold_seed, "num_folds": num_folds, "shuffle": fold_shuffle, "folds": folds,
-             "precision": precision.as_dict()}  # fmt: skip
+             "precision": precision.as_dict(), "final_from_fold": final_from_fold}  # fmt: skip
     atomic_write_text(out_dir / "folds.json", json.dumps(split, indent=1))
     index: dict[str, dict] = {}
     pred_dir = out_dir / "predictions"
@@ -401,6 +411,10 @@ def cross_validate(
         for cid, rec in predict_volumes(net, val, pred_dir, device=device, **predict_kwargs).items():
             index[cid] = {"split": "cv", "fold": k, **rec}
         atomic_write_text(pred_dir / "index.json", json.dumps(index, indent=1))
+    if final_from_fold is not None:
+        final_weights = out_dir / "final" / "models" / "model.pt"
+        final_weights.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out_dir / f"fold_{final_from_fold}" / "models" / "model.pt", final_weights)
     if (train_final or final_weights) and test_items:
         net = network_factory()
         if final_weights:

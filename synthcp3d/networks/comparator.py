@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv, Pool
 from monai.networks.nets import resnet18
 
+from synthcp3d.data.labels import box_dilate
+
 __all__ = ["DirectPredictor", "SiameseComparator", "class_pooled", "region_stats"]
 
 
@@ -59,7 +61,7 @@ def class_pooled(levels: list[torch.Tensor], seg: torch.Tensor) -> torch.Tensor:
 def region_stats(channels: torch.Tensor, seg: torch.Tensor, shell: int = 2) -> torch.Tensor:
     """Input-resolution intensity statistics of each predicted class region and of a shell around it.
 
-    For class c with (soft) region ``w = seg_c`` and shell ``dilate(w, shell) - w`` (max-pool dilation by
+    For class c with (soft) region ``w = seg_c`` and shell ``dilate(w, shell) - w`` (box dilation by
     ``shell`` voxels), the weighted means of every channel. Returned twice: per class (B, C, 2K), and the
     whole table flattened as context for every class, so a head scoring the tumour also sees the pancreas'
     statistics and can compare them (a scan's own contrast and brightness cancel out in such differences).
@@ -73,8 +75,7 @@ def region_stats(channels: torch.Tensor, seg: torch.Tensor, shell: int = 2) -> t
     b, c = seg.shape[:2]
     dims = seg.ndim - 2
     seg = seg.float()
-    pool = F.max_pool3d if dims == 3 else F.max_pool2d
-    grown = pool(seg, kernel_size=2 * shell + 1, stride=1, padding=shell)
+    grown = box_dilate(seg, shell, dims)
     ring = (grown - seg).clamp_min(0)
     x = channels.float().flatten(2).transpose(1, 2)  # (B, N, K)
     parts = []

@@ -23,3 +23,24 @@ def test_one_hot_ignore_and_errors():
         one_hot(torch.tensor([4, 255]), 4, ignore_index=255)
     with pytest.raises(ValueError, match="outside"):
         one_hot(torch.tensor([-1, 0]), 4)
+
+
+@pytest.mark.parametrize("shape,dims", [((2, 3, 9, 11, 7), 3), ((2, 10, 13), 2), ((6, 5, 4), 3)])
+@pytest.mark.parametrize("radius", [1, 2])
+def test_box_dilate_matches_scipy_and_max_pool(shape, dims, radius):
+    from scipy import ndimage
+
+    from synthcp3d.data.labels import box_dilate
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(radius))
+    size = [1] * (len(shape) - dims) + [2 * radius + 1] * dims
+    ref = ndimage.maximum_filter(x.numpy(), size=size, mode="constant", cval=-np.inf)
+    np.testing.assert_array_equal(box_dilate(x, radius, dims).numpy(), ref)
+    if len(shape) == dims + 2:
+        pool = torch.nn.functional.max_pool3d if dims == 3 else torch.nn.functional.max_pool2d
+        assert torch.equal(box_dilate(x, radius, dims), pool(x, 2 * radius + 1, stride=1, padding=radius))
+    mask = x > 0.97
+    out = box_dilate(mask, radius, dims)
+    assert out.dtype == torch.bool
+    np.testing.assert_array_equal(out.numpy(), ndimage.binary_dilation(mask.numpy(), np.ones(size, bool)))
+    assert torch.equal(box_dilate(x, 0, dims), x)

@@ -84,3 +84,18 @@ def test_bad_arguments():
         sample_case(np.random.default_rng(0), (4, 64, 64))
     with pytest.raises(ValueError, match="roi_center"):
         sample_case(np.random.default_rng(0), (32, 32, 32), roi_center="liver")
+
+
+def test_tumour_is_a_solid_mass_inside_the_hu_window():
+    # A large tumour reaches past the pancreas into fat; it must stay a visible mass there (parenchyma HU minus its
+    # contrast), not fat darkened below the soft-tissue window's floor of -87 HU.
+    rng = np.random.default_rng(3)
+    case = sample_case(rng, (64, 64, 32), field_of_view_mm=(128, 128, 80), roi_center="pancreas",
+                       tumour_radius_mm=(18.0, 20.0))  # fmt: skip
+    for lesion in case.lesions:
+        lesion.necrosis = 0.0
+    image, label, _ = render_case(case)
+    tumour = image[label == 2].astype(float)
+    worst = case.organ_hu["pancreas"] - max(lesion.contrast_hu for lesion in case.lesions)
+    assert (tumour < -87).mean() < 0.05
+    assert np.median(tumour) == pytest.approx(worst, abs=3 * case.noise_hu + 25)

@@ -167,3 +167,25 @@ def test_scene_final_weights_are_loaded_not_trained(scenes, tmp_path):
         x = predict_kw["transform"](val[0])["image"][None]
         ref = torch.softmax(net.eval()(x), 1)[0].numpy()
     np.testing.assert_allclose(probs, ref, atol=2e-2)  # bf16 autocast + float16 storage
+
+
+def test_scene_final_from_fold_reuses_that_folds_model(scenes, tmp_path):
+    train, val = scenes
+    train_kw, predict_kw = _scene_kwargs()
+    predict_kw["mc_samples"] = 0
+    index = cross_validate(scene_net, train, val[:1], tmp_path, num_folds=2, final_from_fold=1,
+                           train_kwargs=train_kw, predict_kwargs=predict_kw)  # fmt: skip
+    fold1 = torch.load(tmp_path / "fold_1" / "models" / "model.pt")
+    final = torch.load(tmp_path / "final" / "models" / "model.pt")
+    assert fold1.keys() == final.keys() and all(torch.equal(fold1[k], final[k]) for k in fold1)
+    assert not (tmp_path / "final" / "tb").exists()  # nothing was trained for the final model
+    assert json.loads((tmp_path / "folds.json").read_text())["final_from_fold"] == 1
+    net = scene_net()
+    net.load_state_dict(fold1)
+    with torch.no_grad():
+        ref = torch.softmax(net.eval()(predict_kw["transform"](val[0])["image"][None]), 1)[0].numpy()
+    np.testing.assert_allclose(np.load(index[val[0]["case_id"]]["probs"]).astype(np.float32), ref, atol=2e-2)
+    with pytest.raises(ValueError, match="final_from_fold"):  # before any training
+        cross_validate(scene_net, train, val[:1], tmp_path / "bad", num_folds=2, final_from_fold=2,
+                       train_kwargs=train_kw, predict_kwargs=predict_kw)  # fmt: skip
+    assert not (tmp_path / "bad").exists()
