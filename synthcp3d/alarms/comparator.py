@@ -93,6 +93,12 @@ def train_comparator(
         ``{"model": path of model.pt, "iterations": final iteration, "start_iteration": resumed from,
         "loss": last loss}``.
     """
+    if hasattr(network, "fit"):  # closed-form comparators (RegionRidgeComparator): no iterations to run
+        model = Path(out_dir) / "models" / "model.pt"
+        model.parent.mkdir(parents=True, exist_ok=True)
+        fit = network.cpu().fit([s for s in samples if s["error"] is not None])
+        torch.save(network.state_dict(), model)
+        return {"model": str(model), "iterations": 0, "start_iteration": 0, "loss": None, "fit": fit}
     amp_dtype = resolve_precision(amp_dtype, device)
     device = torch.device(device)
     network = network.to(device)

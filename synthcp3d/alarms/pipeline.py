@@ -198,11 +198,17 @@ def train_comparator_alarms(
     common = {"amp_dtype": amp_dtype, "device": device, "resume": resume, "progress": progress,
               "checkpoint_every": checkpoint_every, "seed": seed}  # fmt: skip
     nets = {"synthcp": comparator, "direct": direct}
+    # every CV case's perturbed copies are drawn and synthesized once; a fold trains on the copies of its own
+    # training cases only (so no held-out case leaks in), and the final models on all of them. Synthesizing per
+    # fold instead did the same work 3 times over (each case trains in k-1 folds and the final model).
+    augmented: dict[str, list[dict]] = {}
+    if augment_per_case > 0:
+        for a in augment_samples(cv, generator, per_case=augment_per_case, num_classes=num_classes, seed=seed,
+                                 **run):  # fmt: skip
+            augmented.setdefault(a["case_id"], []).append(a)
 
     def train_and_predict(train: list[dict], targets: list[dict], tag: str):
-        if augment_per_case > 0:
-            train = train + augment_samples(train, generator, per_case=augment_per_case, num_classes=num_classes,
-                                             seed=seed + len(tag) + sum(map(ord, tag)), **run)  # fmt: skip
+        train = train + [a for s in train for a in augmented.get(s["case_id"], [])]
         preds = {}
         for name, method in (("synthcp", "synthcp"), ("direct", "direct_prediction")):
             if nets[name] is None:

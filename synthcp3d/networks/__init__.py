@@ -1,6 +1,6 @@
 """synthcp3d.networks: every class takes ``spatial_dims`` (2 or 3) and serves 2D images and 3D volumes."""
 
-from .comparator import DirectPredictor, SiameseComparator
+from .comparator import DirectPredictor, RegionRidgeComparator, SiameseComparator
 from .discriminator import ConditionalDiscriminator
 from .segmenter import Segmenter
 from .spade import SPADEGenerator, SPADENorm, SPADEResBlock
@@ -14,5 +14,6 @@ __all__ = [
     "SPADEResBlock",
     "Segmenter",
     "ShapeVAE",
+    "RegionRidgeComparator",
     "SiameseComparator",
 ]

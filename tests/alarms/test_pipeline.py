@@ -185,3 +185,42 @@ def test_alarm_path_bf16_within_001_of_fp32(table, fake_run, tmp_path):
         for m in ("direct_prediction", "vae_alarm", "synthcp", "ensemble"):
             for c in ("pancreas", "tumour"):
                 assert abs(a["predicted"][m][c] - b["predicted"][m][c]) < 0.01, (m, c)
+
+
+def test_perturbed_copies_synthesized_once_and_kept_in_their_fold(fake_run, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import synthcp3d.alarms.pipeline as pipeline
+    from synthcp3d.networks import SPADEGenerator
+
+    calls, seen = [], {}
+    real_augment = pipeline.augment_samples
+
+    def augment(samples, *a, **kw):
+        calls.append(sorted(s["case_id"] for s in samples))
+        return real_augment(samples, *a, **kw)
+
+    def record(net, train, out_dir, **kw):
+        seen.setdefault(Path(out_dir).parent.name, []).append(train)
+
+    monkeypatch.setattr(pipeline, "augment_samples", augment)
+    monkeypatch.setattr(pipeline, "train_comparator", record)
+    torch.manual_seed(0)
+    gen = SPADEGenerator(3, 3, 1, ngf=2, num_up=2, hidden_channels=4)
+    nets = _nets()
+    doc = train_comparator_alarms(fake_run["index"], fake_run["synth"], tmp_path, comparator=nets["comparator"],
+                                  direct=nets["direct"], generator=gen, augment_per_case=2, roi_size=ROI,
+                                  pixdim=PIXDIM, progress=False)  # fmt: skip
+    cv_ids = sorted(c for c, r in doc["cases"].items() if r["split"] == "cv")
+    assert calls == [cv_ids]  # one synthesis pass over all CV cases, not one per fold
+    groups = {}
+    for cid in cv_ids:
+        groups.setdefault(doc["cases"][cid]["group"], []).append(cid)
+    for tag, trains in seen.items():
+        for train in trains:  # the synthcp and direct models of one tag see the same samples
+            real = sorted(s["case_id"] for s in train if not s.get("augmented"))
+            aug = [s["case_id"] for s in train if s.get("augmented")]
+            held = groups[int(tag.split("_")[1])] if tag.startswith("fold_") else []
+            assert real == sorted(set(cv_ids) - set(held))
+            assert sorted(aug) == sorted(real * 2)  # two copies of every training case, none of a held-out one
+    assert set(seen) == {"final", *(f"fold_{k}" for k in groups)}
