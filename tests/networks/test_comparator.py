@@ -173,3 +173,83 @@ def test_region_stats_head_sees_the_residual(cls):
     args = (x, x.clone(), seg) if cls is SiameseComparator else (x, seg)
     out = net(*args)["scores"]
     assert out.shape == (2, 3) and ((out > 0) & (out < 1)).all()
+
+
+def _ridge_samples(n: int, dims: int, seed: int = 0) -> list[dict]:
+    """Toy crops: an organ box with a tumour whose size sets the target, a synth that misses the tumour."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (12, 12, 8)[:dims] if dims == 3 else (16, 16)
+    out = []
+    for i in range(n):
+        lab = torch.zeros(shape, dtype=torch.long)
+        lab[(slice(2, -2),) * dims] = 1
+        size = 1 + i % 4
+        lab[(slice(4, 4 + size),) * dims] = 2
+        seg = torch.zeros(3, *shape).scatter_(0, lab[None], 1.0)
+        img = 0.5 + 0.05 * torch.rand((1, *shape), generator=g)
+        img[0][lab == 2] -= 0.2
+        synth = img + 0.05 * torch.randn((1, *shape), generator=g)
+        target = torch.tensor([float("nan"), 0.8 + 0.01 * (i % 3), size / 4.0])
+        error = (torch.rand((1, *shape), generator=g) < 0.2).to(torch.uint8)
+        out.append({"image": img, "synth": synth, "probs": seg, "target": target, "error": error, "ignore": None})
+    return out
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("branches", [1, 2])
+def test_region_ridge_matches_sklearn_ridge(dims, branches):
+    from sklearn.linear_model import Ridge
+
+    from synthcp3d.networks import RegionRidgeComparator
+
+    samples = _ridge_samples(24, dims)
+    net = RegionRidgeComparator(dims, 1, 3, num_branches=branches, alpha=3.0)
+    net.fit(samples)
+    feats = torch.stack([net.features(s["image"][None], s["probs"][None],
+                                      s["synth"][None] if branches == 2 else None)[0] for s in samples]).double()
+    flat = feats.reshape(-1, feats.shape[-1])
+    z = ((feats - flat.mean(0)) / flat.std(0).clamp_min(1e-6)).numpy()
+    targets = torch.stack([s["target"] for s in samples]).numpy()
+    for c in (1, 2):
+        ref = Ridge(alpha=3.0).fit(z[:, c], targets[:, c])
+        np.testing.assert_allclose(net.coef[c].numpy(), ref.coef_, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(float(net.intercept[c]), ref.intercept_, rtol=1e-4)
+    s = samples[5]
+    args = (s["image"][None], *([s["synth"][None]] if branches == 2 else []), s["probs"][None])
+    out = net(*args)
+    want = np.clip([Ridge(alpha=3.0).fit(z[:, c], targets[:, c]).predict(z[5:6, c])[0] for c in (1, 2)], 0, 1)
+    np.testing.assert_allclose(out["scores"][0, 1:].numpy(), want, atol=1e-4)
+    assert ("error_logits" in out) == (branches == 2)
+    twin = RegionRidgeComparator(dims, 1, 3, num_branches=branches, alpha=3.0)
+    twin.load_state_dict(net.state_dict())
+    assert torch.equal(twin(*args)["scores"], out["scores"])
+
+
+def test_region_ridge_error_map_is_the_logistic_fit_of_the_residual():
+    from sklearn.linear_model import LogisticRegression
+
+    from synthcp3d.networks import RegionRidgeComparator
+
+    samples = _ridge_samples(8, 3, seed=1)
+    for s in samples:  # voxels with a large residual are the errors, noisily
+        r = (s["image"] - s["synth"]).abs()
+        s["error"] = ((r + 0.02 * torch.randn_like(r)) > 0.06).to(torch.uint8)
+    net = RegionRidgeComparator(3, 1, 3)
+    net.fit(samples)
+    x = torch.cat([(s["image"] - s["synth"]).abs().flatten()[::7] for s in samples]).double().numpy()
+    y = torch.cat([s["error"].flatten()[::7] for s in samples]).numpy()
+    ref = LogisticRegression(C=1e8, max_iter=1000).fit(x[:, None], y)
+    np.testing.assert_allclose(net.error_ab.numpy(), [ref.coef_[0, 0], ref.intercept_[0]], rtol=2e-2)
+    assert net.error_ab[0] > 0
+
+
+def test_region_ridge_bad_input():
+    from synthcp3d.networks import RegionRidgeComparator
+
+    with pytest.raises(ValueError, match="num_branches"):
+        RegionRidgeComparator(3, 1, 3, num_branches=3)
+    net = RegionRidgeComparator(3, 1, 3)
+    with pytest.raises(ValueError, match="no labelled samples"):
+        net.fit([])
+    with pytest.raises(ValueError, match="synthesized"):
+        net.features(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 3, 8, 8, 8))
