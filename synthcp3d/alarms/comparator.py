@@ -96,9 +96,9 @@ def train_comparator(
     if hasattr(network, "fit"):  # closed-form comparators (RegionRidgeComparator): no iterations to run
         model = Path(out_dir) / "models" / "model.pt"
         model.parent.mkdir(parents=True, exist_ok=True)
-        fit = network.cpu().fit([s for s in samples if s["error"] is not None])
+        network.cpu().fit([s for s in samples if s["error"] is not None])
         torch.save(network.state_dict(), model)
-        return {"model": str(model), "iterations": 0, "start_iteration": 0, "loss": None, "fit": fit}
+        return {"model": str(model), "iterations": 0, "start_iteration": 0, "loss": None}
     amp_dtype = resolve_precision(amp_dtype, device)
     device = torch.device(device)
     network = network.to(device)

@@ -330,8 +330,6 @@ class RegionRidgeComparator(nn.Module):
         self.register_buffer("coef", torch.zeros(num_classes, self.num_features))
         self.register_buffer("intercept", torch.full((num_classes,), 0.5))
         self.register_buffer("error_ab", torch.tensor([0.0, -4.0]))  # logit = a * |r| + b
-        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
-        self.dummy = nn.Parameter(torch.zeros(()), requires_grad=False)  # a device for .to() and optimizers
 
     def features(self, image: torch.Tensor, seg: torch.Tensor, synth: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, C, num_features)``: class c's own statistics, the whole table as context, the volume fractions."""
@@ -345,22 +343,21 @@ class RegionRidgeComparator(nn.Module):
         frac = seg.float().flatten(2).mean(-1)  # (B, C)
         return torch.cat([stats, frac[:, None].expand(-1, seg.shape[1], -1)], dim=-1)
 
-    def _outputs(self, image, synth, seg) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, *rest: torch.Tensor) -> dict[str, torch.Tensor]:
+        synth, seg = (rest[0], rest[1]) if self.num_branches == 2 else (None, rest[0])
         f = (self.features(image, seg, synth) - self.mean) / self.scale  # (B, C, F)
-        scores = ((f * self.coef).sum(-1) + self.intercept).clamp(0.0, 1.0)
-        out = {"scores": scores}
+        out = {"scores": ((f * self.coef).sum(-1) + self.intercept).clamp(0.0, 1.0)}
         if synth is not None:
             out["error_logits"] = self.error_ab[0] * (image.float() - synth.float()).abs() + self.error_ab[1]
         return out
 
-    def forward(self, image: torch.Tensor, *rest: torch.Tensor) -> dict[str, torch.Tensor]:
-        synth, seg = (rest[0], rest[1]) if self.num_branches == 2 else (None, rest[0])
-        return self._outputs(image, synth, seg)
-
     @torch.no_grad()
-    def fit(self, samples: list[dict]) -> dict:
+    def fit(self, samples: list[dict]) -> None:
         """Fit on samples with ``image`` (1, *S), [``synth``], ``probs`` (C, *S), ``target`` (C,) (NaN: no
-        target) and optionally ``error`` (1, *S) / ``ignore``; returns ``{"n": samples, "r2": per class}``."""
+        target) and optionally ``error`` (1, *S) / ``ignore``. Each class's ridge is
+        :func:`~synthcp3d.alarms.vae.fit_dice_regressor` (the VAE alarm's) on that class's standardised features."""
+        from synthcp3d.alarms.vae import fit_dice_regressor  # alarms build on networks, not the other way round
+
         if not samples:
             raise ValueError("no labelled samples to fit")
         feats, targets, res, errs = [], [], [], []
@@ -375,31 +372,18 @@ class RegionRidgeComparator(nn.Module):
                 res.append((s["image"] - synth).abs()[keep].flatten()[::7].double())
                 errs.append(s["error"][keep].flatten()[::7].double())
         x = torch.stack(feats)  # (N, C, F)
-        y = torch.stack(targets)  # (N, C)
+        y = torch.stack(targets).numpy()  # (N, C)
         flat = x.reshape(-1, x.shape[-1])
         mean, scale = flat.mean(0), flat.std(0).clamp_min(1e-6)
         self.mean.copy_(mean.float())
         self.scale.copy_(scale.float())
-        z = (x - mean) / scale
-        r2 = []
+        z = ((x - mean) / scale).numpy()
         for c in range(self.num_classes):
-            ok = torch.isfinite(y[:, c])
-            if ok.sum() < 2:
-                r2.append(None)
-                continue
-            a, t = z[ok, c], y[ok, c]
-            t0 = t.mean()
-            ac = a - a.mean(0)  # centred: the intercept is not penalised
-            w = torch.linalg.solve(ac.T @ ac + self.alpha * torch.eye(a.shape[1], dtype=a.dtype), ac.T @ (t - t0))
-            b = t0 - a.mean(0) @ w
-            self.coef[c] = w.float()
-            self.intercept[c] = float(b)
-            pred = (a @ w + b).clamp(0, 1)
-            r2.append(float(1 - ((pred - t) ** 2).sum() / ((t - t0) ** 2).sum().clamp_min(1e-12)))
+            params = fit_dice_regressor(z[:, c], y[:, c : c + 1], alpha=self.alpha)
+            self.coef[c] = torch.as_tensor(params["coef"][0])
+            self.intercept[c] = params["intercept"][0]
         if res:
             self.error_ab.copy_(_logistic_fit(torch.cat(res), torch.cat(errs)).float())
-        self.fitted.fill_(True)
-        return {"n": len(samples), "r2": r2}
 
 
 def _logistic_fit(x: torch.Tensor, y: torch.Tensor, steps: int = 25, ridge: float = 1e-6) -> torch.Tensor:
