@@ -4,7 +4,6 @@ intervals around it, and the review flag."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 
@@ -12,14 +11,14 @@ __all__ = ["conformal_interval", "conformal_quantile", "mean_ensemble", "review_
 
 
 def mean_ensemble(*predictions: np.ndarray) -> np.ndarray:
-    """Element-wise mean of predicted Dice arrays of one shape (e.g. SynthCP and VAE alarm, (N, K)),
-    ignoring NaN members (all-NaN entries stay NaN)."""
+    """Element-wise mean of predicted Dice arrays of one shape (e.g. SynthCP and VAE alarm, (N, K)).
+
+    An entry is NaN where any member is NaN: a member that failed makes the ensemble fail, flagged for review
+    (:func:`review_flags`), instead of quietly becoming the other member's answer.
+    """
     if not predictions:
         raise ValueError("mean_ensemble needs at least one prediction")
-    stack = np.stack([np.asarray(p, np.float64) for p in predictions])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
-        return np.nanmean(stack, axis=0)
+    return np.mean(np.stack([np.asarray(p, np.float64) for p in predictions]), axis=0)
 
 
 def conformal_quantile(residuals: np.ndarray, alpha: float = 0.1) -> float:

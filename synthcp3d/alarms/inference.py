@@ -11,9 +11,12 @@ gathered in one ``models/`` folder (what the ``alarm`` bundle config and the MON
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,14 +24,17 @@ import torch
 from synthcp3d.alarms.augment import synthesize_crops
 from synthcp3d.alarms.comparator import predict_comparator
 from synthcp3d.alarms.ensemble import mean_ensemble
-from synthcp3d.alarms.pipeline import rows_for
+from synthcp3d.alarms.pipeline import error_row, rows_for
 from synthcp3d.alarms.samples import CLASS_NAMES, build_samples, load_index
 from synthcp3d.alarms.vae import predict_dice_regressor, vae_features
-from synthcp3d.data.io import DataError, atomic_write_bytes, atomic_write_text, read_json
+from synthcp3d.data.io import DataError, atomic_write_bytes, atomic_write_text, read_json, write_nifti
 from synthcp3d.engines.checkpoints import load_weights
 from synthcp3d.engines.precision import Precision, resolve_precision
 
-__all__ = ["MODEL_FILES", "MODELS_LAYOUT", "alarm_new_images", "export_models", "load_alarm_networks"]
+__all__ = ["MODEL_FILES", "MODELS_LAYOUT", "ON_ERROR", "alarm_new_images", "check_alarm_input", "export_models",
+           "load_alarm_networks", "pair_predictions"]
+
+logger = logging.getLogger(__name__)
 
 MODEL_FILES: dict[str, str] = {"segmenter": "segmenter.pt", "generator": "generator.pt", "comparator": "synthcp.pt",
                                "direct": "direct.pt", "vae": "vae.pt"}  # fmt: skip
@@ -112,16 +118,92 @@ def load_alarm_networks(models_dir: str | Path, networks: Mapping[str, torch.nn.
     return out
 
 
+OnError = Literal["fail", "skip"]
+ON_ERROR: tuple[str, ...] = ("fail", "skip")
+"""Policy for a case the alarm cannot judge (unreadable, NaN, not CT, bad prediction geometry, a crash):
+``"fail"`` raises (before any case is computed when the input checks find it), ``"skip"`` writes an error row
+(:func:`~synthcp3d.alarms.pipeline.error_row`: every prediction null, ``review`` True) and goes on."""
+
+_MODALITY_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's image channel suffix: case_0000.nii.gz pairs with case.nii.gz
+
+
+def pair_predictions(images: Sequence[str | Path | Mapping], predictions: Sequence[str | Path] | str | Path | None,
+                     ) -> list[dict]:  # fmt: skip
+    """``[{"image", "case_id", "pred"?}]``: the images, each with the label map a user brings.
+
+    ``predictions`` is None (the bundle's segmenter will segment), a list of files in the images' order, or a
+    folder holding ``<case_id>.nii.gz`` per image (nnU-Net's ``_0000`` channel suffix of an image name is
+    dropped when pairing). Raises :class:`DataError`: no images, a missing or duplicated case, a count mismatch.
+    """
+    from synthcp3d.data.msd import case_id
+
+    items = [dict(p) if isinstance(p, Mapping) else {"image": str(p)} for p in images]
+    if not items:
+        raise DataError(None, "no images to check: the image list is empty")
+    items = [{**it, "image": str(it["image"]), "case_id": it.get("case_id") or case_id(it["image"])} for it in items]
+    ids = [it["case_id"] for it in items]
+    if len(set(ids)) != len(ids):
+        raise DataError(None, f"duplicate case ids {sorted({c for c in ids if ids.count(c) > 1})}: rename the files")
+    if predictions is None:
+        return items
+    if isinstance(predictions, (str, Path)) and Path(predictions).is_dir():
+        folder = Path(predictions)
+        for it in items:
+            name = _MODALITY_SUFFIX.sub("", it["case_id"])
+            found = [folder / f"{c}{ext}" for c in dict.fromkeys((it["case_id"], name)) for ext in (".nii.gz", ".nii")]
+            hit = next((f for f in found if f.is_file()), None)
+            if hit is None:
+                raise DataError(folder, f"no prediction for case {it['case_id']!r} (looked for {found[0].name}"
+                                        f"{' or ' + found[2].name if len(found) > 2 else ''})")  # fmt: skip
+            it["pred"] = str(hit)
+        return items
+    preds = [predictions] if isinstance(predictions, (str, Path)) else list(predictions)
+    if len(preds) != len(items):
+        raise DataError(None, f"{len(items)} images but {len(preds)} predictions: give one label map per image "
+                              "(same order) or a folder of <case_id>.nii.gz")  # fmt: skip
+    return [{**it, "pred": str(pr)} for it, pr in zip(items, preds, strict=True)]
+
+
+def check_alarm_input(item: Mapping, out_dir: str | Path, *, num_classes: int, hu_window: Sequence[float],
+                      label_map: Mapping[int, int] | None = None) -> dict:  # fmt: skip
+    """Check one case before the alarm judges it; returns the item, its ``"pred"`` (if any) rewritten as a clean
+    label map on the image's grid at ``<out_dir>/<case_id>/pred.nii.gz``.
+
+    The image must be a readable 3D CT in Hounsfield units (:func:`~synthcp3d.data.msd.check_ct_volume`). A
+    prediction must share the image's shape, spacing, origin and direction (tolerance 1e-3 relative), hold
+    integers and, after ``label_map``, only trained classes ``0..num_classes-1``
+    (:func:`~synthcp3d.data.labels.remap_labels`).
+
+    Raises:
+        DataError: naming the file and the problem.
+    """
+    from synthcp3d.data.labels import remap_labels
+    from synthcp3d.data.msd import check_pair, read_ct_image, read_volume
+
+    read_ct_image(item["image"], hu_window=tuple(hu_window))
+    if not item.get("pred"):
+        return dict(item)
+    check_pair(Path(item["image"]), Path(item["pred"]))
+    label, affine = read_volume(item["pred"])
+    label = remap_labels(np.squeeze(label), num_classes, label_map, item["pred"])
+    dst = Path(out_dir) / item["case_id"] / "pred.nii.gz"
+    write_nifti(dst, label.astype(np.uint8), affine)
+    return {**item, "pred": str(dst), "source_pred": item["pred"]}
+
+
 def alarm_new_images(
     images: Sequence[str | Path | Mapping],
     out_dir: str | Path,
     *,
     models_dir: str | Path,
-    segmenter: torch.nn.Module,
+    segmenter: torch.nn.Module | None,
     generator: torch.nn.Module,
     comparator: torch.nn.Module,
     vae: torch.nn.Module,
     direct: torch.nn.Module | None = None,
+    predictions: Sequence[str | Path] | str | Path | None = None,
+    label_map: str | Mapping[int, int] | None = None,
+    on_error: OnError = "fail",
     segment_roi_size: Sequence[int] = (48, 48, 32),
     synth_roi_size: Sequence[int] | None = None,
     amp_dtype: str | None = "auto",
@@ -131,63 +213,118 @@ def alarm_new_images(
     """Alarm rows (``split`` "new") for unseen CT volumes, with trained networks (weights loaded, e.g. by
     :func:`load_alarm_networks`).
 
-    Segments each image (:func:`~synthcp3d.engines.segmentation.predict_volumes`, into
-    ``<out_dir>/predictions``), synthesizes ``x̂ = G(ŷ)`` (:func:`~synthcp3d.engines.spade.synthesize_volumes`,
-    into ``<out_dir>/synth``), predicts Dice with the comparator, Direct Prediction and the VAE alarm, ensembles
-    them and adds the conformal intervals of all CV residuals. Crop, resampling, regressor and thresholds come
-    from ``<models_dir>/alarm_models.json``. Everything runs under ``amp_dtype`` autocast with channels-last
-    inputs. SynthCP error maps: ``<out_dir>/error_maps/<case_id>/error_map.nii.gz`` (float32 in [0, 1], the
-    input's geometry).
+    Every case is checked first (:func:`check_alarm_input`). Then, case by case: the segmentation is the user's
+    label map (``predictions``) or the segmenter's (:func:`~synthcp3d.engines.segmentation.predict_volumes`,
+    into ``<out_dir>/predictions``); ``x̂ = G(ŷ)`` is synthesized
+    (:func:`~synthcp3d.engines.spade.synthesize_volumes`, into ``<out_dir>/synth``); the comparator, Direct
+    Prediction and the VAE alarm predict Dice; their ensemble gets the conformal intervals of all CV residuals.
+    Crop, resampling, regressor and thresholds come from ``<models_dir>/alarm_models.json``. SynthCP error maps:
+    ``<out_dir>/error_maps/<case_id>/error_map.nii.gz`` (float32 in [0, 1], the input's geometry).
+
+    A row's ``status`` is "ok" or "error" (:data:`ON_ERROR`); ``failed_methods`` lists methods that gave no
+    number, and the ensemble of a failed member is null with ``review`` True, never the other member alone.
 
     Args:
         images: NIfTI CT volumes (case id = file name without extension) or datalist dicts ``{"image",
             "case_id"?}``.
         models_dir: folder with ``alarm_models.json`` (:data:`MODELS_LAYOUT`).
-        segmenter, generator, comparator, vae, direct: trained networks; ``direct`` None gives null values.
+        segmenter, generator, comparator, vae, direct: trained networks; ``direct`` None gives null values;
+            ``segmenter`` may be None when ``predictions`` are given.
+        predictions: label maps from any tool, paired with the images by :func:`pair_predictions`.
+        label_map: their values -> trained classes, ``"1:1,2:2,3:0"`` (:func:`~synthcp3d.data.labels.parse_label_map`).
+        on_error: "fail" or "skip" (:data:`ON_ERROR`).
         segment_roi_size, synth_roi_size: sliding-window sizes of the segmenter and the generator (None: the
             generator synthesizes each volume in one pass).
 
     Returns:
         The rows, also written to ``<out_dir>/alarm_table.json``.
-    """
-    from synthcp3d.data.msd import case_id
-    from synthcp3d.engines.segmentation import predict_volumes
-    from synthcp3d.engines.spade import synthesize_volumes
 
+    Raises:
+        DataError: (``on_error="fail"``) the first case that cannot be judged, naming its file.
+    """
+    from tqdm.auto import tqdm
+
+    from synthcp3d.data.labels import parse_label_map
+
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     out = Path(out_dir)
     settings_path = Path(models_dir) / "alarm_models.json"
     if not settings_path.is_file():
         raise FileNotFoundError(f"{settings_path} not found: the models folder is {_hint('alarm_models.json')}")
     cfg = read_json(settings_path)
-    pixdim, hu, ncls = cfg["pixdim"], cfg["hu_window"], int(cfg["num_classes"])
-    items = [dict(p) if isinstance(p, Mapping) else {"image": str(p)} for p in images]
-    items = [{"image": str(it["image"]), "case_id": it.get("case_id") or case_id(it["image"])} for it in items]
-    for it in items:
-        if not Path(it["image"]).is_file():
-            raise DataError(it["image"], f"case {it['case_id']!r}: image not found")
-    index = predict_volumes(segmenter, items, out / "predictions", roi_size=segment_roi_size, pixdim=pixdim,
-                            hu_window=hu, amp_dtype=amp_dtype, device=device, progress=progress)  # fmt: skip
-    index = {cid: {"split": "new", "fold": None, **rec} for cid, rec in index.items()}
-    synthesize_volumes(generator, index, out / "synth", roi_size=synth_roi_size, num_classes=ncls, pixdim=pixdim,
-                       hu_window=hu, amp_dtype=amp_dtype, device=device, progress=progress)  # fmt: skip
-    samples = build_samples(load_index(index, out / "synth", splits=("new",)), roi_size=cfg["roi_size"],
-                            pixdim=pixdim, hu_window=hu, num_classes=ncls,
-                            pred_input=cfg.get("pred_input", "probs"),
-                            read_synth=not cfg.get("crop_synthesis"))  # fmt: skip
+    items = pair_predictions(images, predictions)
+    if predictions is None and segmenter is None:
+        raise ValueError("segmenter is None and no predictions were given: nothing would segment the images")
+    mapping = parse_label_map(label_map)
+    checked: list[dict | DataError] = []
+    for it in items:  # every input is checked before any case is computed
+        try:
+            checked.append(check_alarm_input(it, out / "predictions", num_classes=int(cfg["num_classes"]),
+                                             hu_window=cfg["hu_window"], label_map=mapping))  # fmt: skip
+        except DataError as e:
+            if on_error == "fail":
+                raise
+            checked.append(e)
+    nets = {"segmenter": segmenter, "generator": generator, "comparator": comparator, "vae": vae, "direct": direct}
     run = {"amp_dtype": amp_dtype, "device": device}
+    rows = []
+    for it, res in tqdm(list(zip(items, checked, strict=True)), desc="alarm", unit="case", disable=not progress):
+        try:
+            if isinstance(res, DataError):
+                raise res
+            rows.append(_alarm_case(res, out, cfg, nets, segment_roi_size, synth_roi_size, run))
+        except Exception as e:  # noqa: BLE001 - the policy decides; "skip" records any failure as an error row
+            if on_error == "fail":
+                raise
+            logger.error("case %r could not be judged: %s", it["case_id"], e)
+            rows.append(error_row(it["case_id"], it["image"], f"{type(e).__name__}: {e}", cfg["alpha"]))
+    atomic_write_text(out / "alarm_table.json", json.dumps(rows, indent=1))
+    failed = [r["case_id"] for r in rows if r["status"] != "ok" or r["failed_methods"]]
+    if failed:
+        logger.warning("%d of %d cases have no (complete) alarm and are flagged for review: %s", len(failed),
+                       len(rows), failed)  # fmt: skip
+    return rows
+
+
+def _alarm_case(item: dict, out: Path, cfg: Mapping, nets: Mapping, segment_roi_size: Sequence[int],
+                synth_roi_size: Sequence[int] | None, run: Mapping) -> dict:  # fmt: skip
+    """The alarm row of one checked case (see :func:`alarm_new_images`)."""
+    from synthcp3d.engines.segmentation import predict_volumes
+    from synthcp3d.engines.spade import synthesize_volumes
+
+    pixdim, hu, ncls = cfg["pixdim"], cfg["hu_window"], int(cfg["num_classes"])
+    pred_input = cfg.get("pred_input", "probs")
+    cid = item["case_id"]
+    if item.get("pred"):
+        if pred_input == "probs":  # a label map has no softmax: the comparator sees its one-hot instead
+            logger.warning("case %r: the models were trained on softmax inputs; a label map gives one-hot", cid)
+            pred_input = "onehot"
+        rec = {"image": item["image"], "pred": item["pred"], "source_pred": item["source_pred"]}
+    else:
+        rec = predict_volumes(nets["segmenter"], [item], out / "predictions", roi_size=segment_roi_size,
+                              pixdim=pixdim, hu_window=hu, progress=False, **run)[cid]  # fmt: skip
+    index = {cid: {"split": "new", "fold": None, **rec}}
+    synthesize_volumes(nets["generator"], index, out / "synth", roi_size=synth_roi_size, num_classes=ncls,
+                       pixdim=pixdim, hu_window=hu, progress=False, **run)  # fmt: skip
+    samples = build_samples(load_index(index, out / "synth", splits=("new",)), roi_size=cfg["roi_size"],
+                            pixdim=pixdim, hu_window=hu, num_classes=ncls, pred_input=pred_input,
+                            read_synth=not cfg.get("crop_synthesis"))  # fmt: skip
     if cfg.get("crop_synthesis"):  # the comparator was trained on x̂ = G(ŷ) of the crop: give it the same
-        samples = synthesize_crops(samples, generator, num_classes=ncls, **run)
+        samples = synthesize_crops(samples, nets["generator"], num_classes=ncls, **run)
     nan = np.full((len(samples), len(CLASS_NAMES)), np.nan)
+    direct = nets["direct"]
     preds = {
-        "synthcp": predict_comparator(comparator, samples, error_map_dir=out / "error_maps", **run),
+        "synthcp": predict_comparator(nets["comparator"], samples, error_map_dir=out / "error_maps", **run),
         "direct_prediction": nan if direct is None else predict_comparator(direct, samples, **run),
-        "vae_alarm": predict_dice_regressor(cfg["regressor"], vae_features(vae, [s["pred_mask"] for s in samples],
-                                                                           **run)),
+        "vae_alarm": predict_dice_regressor(cfg["regressor"], vae_features(nets["vae"],
+                                                                           [s["pred_mask"] for s in samples], **run)),
     }  # fmt: skip
     preds["ensemble"] = mean_ensemble(preds["synthcp"], preds["vae_alarm"])
     q = np.array([np.inf if cfg["conformal_q"][c] is None else cfg["conformal_q"][c] for c in CLASS_NAMES])
     cases = {s["case_id"]: {"split": "new", "true": None, "paths": s["paths"]} for s in samples}
-    rows = rows_for(cases, preds, np.tile(q, (len(samples), 1)), out / "error_maps", cfg["alpha"],
-                    cfg["review_threshold"])  # fmt: skip
-    atomic_write_text(out / "alarm_table.json", json.dumps(rows, indent=1))
-    return rows
+    row = rows_for(cases, preds, q[None], out / "error_maps", cfg["alpha"], cfg["review_threshold"],
+                   absent=("direct_prediction",) if direct is None else ())[0]  # fmt: skip
+    if item.get("source_pred"):
+        row["source_pred"] = item["source_pred"]
+    return row

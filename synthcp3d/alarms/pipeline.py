@@ -42,7 +42,7 @@ from synthcp3d.alarms.vae import fit_dice_regressor, predict_dice_regressor, tra
 from synthcp3d.data.io import DataError, atomic_write_text, read_json
 from synthcp3d.engines.precision import resolve_precision
 
-__all__ = ["ALARM_LAYOUT", "METHODS", "ensemble_alarm_table", "rows_for", "train_comparator_alarms",
+__all__ = ["ALARM_LAYOUT", "METHODS", "ensemble_alarm_table", "error_row", "rows_for", "train_comparator_alarms",
            "train_vae_alarm"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -304,10 +304,15 @@ def rows_for(
     error_dir: Path | None,
     alpha: float,
     review_threshold: float,
+    absent: Sequence[str] = (),
 ) -> list[dict]:
     """Alarm-table rows of ``cases`` (``{case_id: {"split", "true", "paths"}}``, in order) from the per-method
-    predictions ``{method: (N, 2)}`` (``"ensemble"`` included) and the per-case conformal quantiles ``q`` (N, 2)."""
+    predictions ``{method: (N, 2)}`` (``"ensemble"`` included) and the per-case conformal quantiles ``q`` (N, 2).
+
+    ``failed_methods`` of a row lists the methods, other than the ``absent`` ones (not run at all, e.g. no
+    Direct Prediction model), that gave no finite number for it."""
     review = review_flags(preds["ensemble"][:, CLASS_NAMES.index("tumour")], review_threshold)
+    required = [m for m in METHODS if m not in absent]
     rows = []
     for i, (cid, c) in enumerate(cases.items()):
         err = None if error_dir is None else error_dir / cid / "error_map.nii.gz"
@@ -321,8 +326,20 @@ def rows_for(
             "predicted": {m: {n: _num(preds[m][i, k]) for k, n in enumerate(CLASS_NAMES)} for m in METHODS},
             "interval": {n: [_num(v) for v in interval[k]] for k, n in enumerate(CLASS_NAMES)},
             "coverage": 1.0 - alpha, "review": bool(review[i]),
+            "status": "ok", "error": None,
+            "failed_methods": [m for m in required if not np.isfinite(preds[m][i]).all()],
         })  # fmt: skip
     return rows
+
+
+def error_row(case_id: str, image: str | None, error: str, alpha: float, split: str = "new") -> dict:
+    """The alarm-table row of a case that could not be judged (``status`` "error", every prediction null,
+    ``review`` True): what ``on_error="skip"`` writes instead of a number."""
+    nulls = {n: None for n in CLASS_NAMES}
+    return {"case_id": case_id, "split": split, "image": image, "pred": None, "synth": None, "error_map": None,
+            "label": None, "true": dict(nulls), "predicted": {m: dict(nulls) for m in METHODS},
+            "interval": {n: [None, None] for n in CLASS_NAMES}, "coverage": 1.0 - alpha, "review": True,
+            "status": "error", "error": error, "failed_methods": list(METHODS)}  # fmt: skip
 
 
 def _quantiles(residuals: np.ndarray, alpha: float) -> np.ndarray:
@@ -383,7 +400,8 @@ def ensemble_alarm_table(out_dir: str | Path, *, alpha: float = 0.1, review_thre
     q = np.tile(q_all, (len(ids), 1))
     for i in np.flatnonzero(is_cv):
         q[i] = _quantiles(residuals[cv_group != group[i]], alpha)
-    rows = rows_for({c: comp["cases"][c] for c in ids}, preds, q, out / "error_maps", alpha, review_threshold)
+    rows = rows_for({c: comp["cases"][c] for c in ids}, preds, q, out / "error_maps", alpha, review_threshold,
+                    absent=() if comp["settings"]["direct"] else ("direct_prediction",))
     settings = {**{k: comp["settings"][k] for k in (*crop_keys, "pred_input")},
                 "regressor": vae["settings"]["regressor"],
                 "conformal_q": {n: _num(q_all[k]) for k, n in enumerate(CLASS_NAMES)}, "alpha": alpha,

@@ -102,7 +102,7 @@ def load_index(
         check: verify files exist and image / pred / probs / synth / label share shape and affine.
 
     Returns:
-        ``{case_id: {"split", "fold", "image", "pred", "probs", "synth"?, "label"?}}`` (absolute path strings).
+        ``{case_id: {"split", "fold", "image", "pred", "probs"?, "synth"?, "label"?}}`` (absolute path strings).
 
     Raises:
         DataError: naming the case and the missing or mismatching file.
@@ -120,7 +120,7 @@ def load_index(
         for key in ("image", "pred", "probs", "label"):
             if rec.get(key):
                 paths[key] = _resolve(rec[key], root)
-            elif key != "label":
+            elif key in ("image", "pred"):  # no probs: a label map from another tool (one-hot ŷ only)
                 raise DataError(None, f"case {cid!r}: index entry has no {key!r} path")
         if synth_dir is not None:
             paths["synth"] = Path(synth_dir) / cid / "synth.nii.gz"
@@ -196,6 +196,9 @@ def build_samples(
         image = img_tf({"image": rec["image"]})["image"]
         pred = lab_tf({"image": rec["pred"]})["image"][0].round().long()
         if pred_input == "probs":  # one-hot ŷ needs no probability map: skip reading and resampling it
+            if not rec.get("probs"):
+                raise DataError(rec["pred"], f"case {cid!r}: pred_input 'probs' needs a probability map; a label "
+                                             "map alone gives pred_input 'onehot'")  # fmt: skip
             probs = prob_tf({"image": rec["probs"]})["image"].as_tensor().float()
             if probs.shape[0] != num_classes:
                 raise DataError(rec["probs"], f"case {cid!r}: {probs.shape[0]} probability channels, "

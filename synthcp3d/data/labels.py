@@ -1,11 +1,16 @@
-"""Label maps as network inputs: the one one-hot encoding every module uses (segmenter targets aside)."""
+"""Label maps: the one one-hot encoding every module uses (segmenter targets aside), box dilation, and the
+mapping of a foreign tool's label values onto the trained classes."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["box_dilate", "one_hot"]
+__all__ = ["box_dilate", "one_hot", "parse_label_map", "remap_labels"]
 
 
 def one_hot(label: torch.Tensor, num_classes: int, ignore_index: int | None = None, dim: int = 0) -> torch.Tensor:
@@ -53,3 +58,51 @@ def box_dilate(x: torch.Tensor, radius: int, spatial_dims: int) -> torch.Tensor:
             out = torch.maximum(out, padded.narrow(ax, s, n))
         y = out
     return y.bool() if is_bool else y
+
+
+def parse_label_map(spec: str | Mapping[int, int] | None) -> dict[int, int]:
+    """``"1:1,2:2,3:0"`` (or a mapping, or None: {}) -> ``{source value: trained class}``; ValueError if malformed."""
+    if spec is None or spec == "":
+        return {}
+    if isinstance(spec, Mapping):
+        pairs = list(spec.items())
+    else:
+        try:
+            pairs = [tuple(p.split(":")) for p in str(spec).split(",")]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"label map {spec!r}: expected 'source:target,...', e.g. '1:1,2:2,3:0'") from None
+    try:
+        out = {int(a): int(b) for a, b in pairs}
+    except (TypeError, ValueError):
+        raise ValueError(f"label map {spec!r}: values must be integers") from None
+    if any(v < 0 for kv in out.items() for v in kv):
+        raise ValueError(f"label map {spec!r}: values must be >= 0")
+    return out
+
+
+def remap_labels(label: np.ndarray, num_classes: int, label_map: Mapping[int, int] | None = None,
+                 path: str | os.PathLike | None = None) -> np.ndarray:  # fmt: skip
+    """Map a label map's values through ``label_map`` (values it does not name stay) and check the result.
+
+    Returns:
+        int16 array of ``label``'s shape with values in ``0..num_classes-1``.
+
+    Raises:
+        DataError: naming ``path``: non-integer values, or a value outside the trained classes that the map
+            does not send inside them (the message lists the values and how to map them).
+    """
+    from synthcp3d.data.io import DataError
+
+    a = np.asarray(label)
+    if np.issubdtype(a.dtype, np.floating) and not (np.isfinite(a).all() and np.all(a == np.round(a))):
+        raise DataError(path, "label map holds non-integer or non-finite values")
+    a = a.astype(np.int64)
+    lut = {v: v for v in np.unique(a).tolist()} | dict(label_map or {})
+    bad = sorted(v for v in np.unique(a).tolist() if not 0 <= lut[v] < num_classes)
+    if bad:
+        raise DataError(path, f"label values {bad} are outside the trained classes 0..{num_classes - 1}: pass a "
+                              f"label map sending them to one, e.g. --label-map {bad[0]}:0")  # fmt: skip
+    values = np.array(sorted(lut))
+    return np.array([lut[v] for v in values], np.int16)[np.searchsorted(values, a)]

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from synthcp3d.alarms.ensemble import conformal_interval, conformal_quantile, mean_ensemble, review_flags
 from synthcp3d.alarms.vae import fit_dice_regressor, predict_dice_regressor
@@ -37,7 +38,11 @@ def test_interval_clipped_and_review():
 
 def test_mean_ensemble():
     a, b = np.array([[0.2, 0.4], [np.nan, np.nan]]), np.array([[0.6, 1.0], [0.3, np.nan]])
-    np.testing.assert_allclose(mean_ensemble(a, b), [[0.4, 0.7], [0.3, np.nan]])
+    # a failed member (NaN) fails the ensemble instead of leaving the other member's answer
+    np.testing.assert_allclose(mean_ensemble(a, b), [[0.4, 0.7], [np.nan, np.nan]])
+    np.testing.assert_allclose(mean_ensemble(b), b)
+    with pytest.raises(ValueError):
+        mean_ensemble()
 
 
 def test_dice_regressor_recovers_linear_map_and_clips():

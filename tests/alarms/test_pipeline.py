@@ -1,5 +1,7 @@
 import json
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,7 @@ from .conftest import PIXDIM, ROI
 
 TINY = {"widen_factor": 0.125, "fuse_channels": 8, "hidden": 16}
 KEYS = {"case_id", "split", "image", "pred", "synth", "error_map", "label", "true", "predicted", "interval",
-        "coverage", "review"}  # fmt: skip
+        "coverage", "review", "status", "error", "failed_methods"}  # fmt: skip
 
 
 def _nets():
@@ -141,7 +143,7 @@ def test_alarm_new_images(table, fake_run, tmp_path):
             vol = nib.load(r[key])
             assert vol.shape == nib.load(img).shape
             np.testing.assert_allclose(vol.affine, nib.load(img).affine, atol=1e-4)
-    with pytest.raises(DataError, match="image not found"):
+    with pytest.raises(DataError, match="nope.nii.gz: file not found"):
         alarm_new_images([tmp_path / "nope.nii.gz"], tmp_path / "bad", models_dir=models, **nets, progress=False)
 
 
@@ -224,3 +226,149 @@ def test_perturbed_copies_synthesized_once_and_kept_in_their_fold(fake_run, tmp_
             assert real == sorted(set(cv_ids) - set(held))
             assert sorted(aug) == sorted(real * 2)  # two copies of every training case, none of a held-out one
     assert set(seen) == {"final", *(f"fold_{k}" for k in groups)}
+
+
+# ----------------------------------------------------------------------------- inputs the alarm must refuse
+@pytest.fixture(scope="module")
+def alarm_models(table, fake_run, tmp_path_factory):
+    """(models folder, loaded networks) of the fake alarm run, for the input-check tests."""
+    from synthcp3d.networks import Segmenter, SPADEGenerator
+
+    out, _ = table
+    models, _, _ = _models_dir(out, tmp_path_factory.mktemp("inputs"))
+    nets = load_alarm_networks(models, {"segmenter": Segmenter(3, 1, 3, backbone="unet", unet_channels=(4, 8),
+                                                               feature_channels=4),
+                                        "generator": SPADEGenerator(3, label_nc=3, ngf=4, num_up=2, hidden_channels=8),
+                                        **_nets()})  # fmt: skip
+    return models, nets
+
+
+def _alarm(images, out, alarm_models, **kw):
+    models, nets = alarm_models
+    return alarm_new_images(images, out, models_dir=models, **{**nets, **kw.pop("nets", {})},
+                            segment_roi_size=(32, 32, 16), synth_roi_size=(32, 32, 16), progress=False, **kw)
+
+
+def _test_image(fake_run):
+    return sorted((fake_run["root"] / "imagesTs").glob("*.nii.gz"))[0]
+
+
+def _write_variant(src, dst, fn):
+    img = nib.load(src)
+    data = fn(np.asarray(img.dataobj, np.float32).copy())
+    nib.save(nib.Nifti1Image(data, img.affine), dst)
+    return dst
+
+
+@pytest.mark.parametrize("name, fn, match", [
+    ("nan_block.nii.gz", lambda a: (a.__setitem__((slice(2, 12),) * 3, np.nan), a)[1], "NaN/Inf"),
+    ("all_nan.nii.gz", lambda a: np.full_like(a, np.nan), "NaN/Inf"),
+    ("normalised.nii.gz", lambda a: (a - a.min()) / (a.max() - a.min()), "not CT in Hounsfield"),
+    ("constant.nii.gz", lambda a: np.zeros_like(a), "constant or normalised"),
+    ("raw_offset.nii.gz", lambda a: a + 3000.0, "median intensity"),
+])  # fmt: skip
+def test_alarm_refuses_garbage_images_naming_the_file(alarm_models, fake_run, tmp_path, name, fn, match):
+    bad = _write_variant(_test_image(fake_run), tmp_path / name, fn)
+    with pytest.raises(DataError, match=match) as err:
+        _alarm([bad], tmp_path / "out", alarm_models)
+    assert str(bad) in str(err.value)
+    assert not (tmp_path / "out" / "alarm_table.json").exists()  # no number written for an image with no data
+
+
+def test_alarm_names_a_truncated_file_and_refuses_an_empty_list(alarm_models, fake_run, tmp_path):
+    src = _test_image(fake_run).read_bytes()
+    bad = tmp_path / "truncated.nii.gz"
+    bad.write_bytes(src[: len(src) // 2])
+    with pytest.raises(DataError, match="unreadable or corrupt") as err:
+        _alarm([bad], tmp_path / "out", alarm_models)
+    assert str(bad) in str(err.value)
+    with pytest.raises(DataError, match="image list is empty"):
+        _alarm([], tmp_path / "out", alarm_models)
+
+
+def test_skip_policy_writes_an_error_row_and_judges_the_rest(alarm_models, fake_run, tmp_path):
+    good = _test_image(fake_run)
+    bad = _write_variant(good, tmp_path / "bad.nii.gz", lambda a: np.full_like(a, np.nan))
+    rows = _alarm([bad, good], tmp_path / "out", alarm_models, on_error="skip")
+    assert json.loads((tmp_path / "out" / "alarm_table.json").read_text()) == rows
+    assert [r["status"] for r in rows] == ["error", "ok"]
+    assert "NaN/Inf" in rows[0]["error"] and str(bad) in rows[0]["error"] and rows[0]["review"] is True
+    assert all(v is None for m in METHODS for v in rows[0]["predicted"][m].values())
+    assert rows[1]["failed_methods"] == [] and all(_in01(v) for v in rows[1]["predicted"]["ensemble"].values())
+    with pytest.raises(ValueError, match="on_error"):
+        _alarm([good], tmp_path / "out2", alarm_models, on_error="ignore")
+
+
+def test_rows_flag_a_failed_ensemble_member():
+    from synthcp3d.alarms.ensemble import mean_ensemble
+    from synthcp3d.alarms.pipeline import rows_for
+
+    preds = {"synthcp": np.array([[0.8, np.nan]]), "vae_alarm": np.array([[0.6, 0.7]]),
+             "direct_prediction": np.full((1, 2), np.nan)}  # fmt: skip
+    preds["ensemble"] = mean_ensemble(preds["synthcp"], preds["vae_alarm"])
+    cases = {"c": {"split": "new", "true": None, "paths": {"image": "i", "pred": "p"}}}
+    row = rows_for(cases, preds, np.full((1, 2), 0.1), None, 0.1, 0.5, absent=("direct_prediction",))[0]
+    assert row["failed_methods"] == ["synthcp", "ensemble"] and row["review"] is True
+    assert row["predicted"]["ensemble"] == {"pancreas": pytest.approx(0.7), "tumour": None}
+    assert row["predicted"]["vae_alarm"]["tumour"] == pytest.approx(0.7)  # not passed off as the ensemble's
+
+
+# ------------------------------------------------------------------------- bring your own segmentation
+def test_alarm_judges_a_user_label_map_without_the_segmenter(alarm_models, fake_run, tmp_path):
+    from synthcp3d.data.msd import read_volume
+
+    root = fake_run["root"]
+    meta = json.loads((root / "dataset.json").read_text())
+    image, label = (root / meta["training"][0]["image"]).resolve(), (root / meta["training"][0]["label"]).resolve()
+    lab, affine = read_volume(label)
+    lab = np.asarray(lab).astype(np.uint8)
+    foreign = np.where(lab == 2, 7, lab).astype(np.uint8)  # another tool's value for the tumour
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    cid = image.name.split(".")[0]
+    nib.save(nib.Nifti1Image(foreign, affine), preds / f"{cid}.nii.gz")
+    with pytest.raises(DataError, match=r"label values \[7\] are outside the trained classes") as err:
+        _alarm([image], tmp_path / "out", alarm_models, predictions=preds, nets={"segmenter": None})
+    assert f"{cid}.nii.gz" in str(err.value) and "--label-map 7:0" in str(err.value)
+    rows = _alarm([image], tmp_path / "out", alarm_models, predictions=preds, label_map="7:2",
+                  nets={"segmenter": None})  # fmt: skip
+    assert rows[0]["status"] == "ok" and rows[0]["source_pred"] == str(preds / f"{cid}.nii.gz")
+    np.testing.assert_array_equal(np.asarray(nib.load(rows[0]["pred"]).dataobj), lab)  # judged: the user's map
+    assert not (tmp_path / "out" / "predictions" / cid / "probs.nii.gz").exists()  # the segmenter never ran
+
+
+def test_user_label_maps_with_wrong_geometry_are_refused(alarm_models, fake_run, tmp_path):
+    image = _test_image(fake_run)
+    img = nib.load(image)
+    shape, affine = img.shape, img.affine
+    small = tmp_path / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((shape[0] - 2, *shape[1:]), np.uint8), affine), small)
+    with pytest.raises(DataError, match="shape mismatch") as err:
+        _alarm([image], tmp_path / "out", alarm_models, predictions=[small])
+    assert str(small) in str(err.value)
+    moved = tmp_path / "moved.nii.gz"
+    shifted = affine.copy()
+    shifted[:3, 3] += 7.0
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.uint8), shifted), moved)
+    with pytest.raises(DataError, match="affine mismatch in origin"):
+        _alarm([image], tmp_path / "out", alarm_models, predictions=[moved])
+    flipped = tmp_path / "flipped.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.uint8), affine @ np.diag([-1.0, 1, 1, 1])), flipped)
+    with pytest.raises(DataError, match="affine mismatch"):
+        _alarm([image], tmp_path / "out", alarm_models, predictions=[flipped])
+    with pytest.raises(DataError, match="1 images but 2 predictions"):
+        _alarm([image], tmp_path / "out", alarm_models, predictions=[small, moved])
+
+
+def test_pair_predictions_by_case_id(tmp_path):
+    from synthcp3d.alarms.inference import pair_predictions
+
+    (tmp_path / "p").mkdir()
+    for n in ("a.nii.gz", "b.nii"):
+        (tmp_path / "p" / n).write_bytes(b"")
+    items = pair_predictions(["x/a_0000.nii.gz", {"image": "y/b.nii.gz"}], tmp_path / "p")
+    assert [(i["case_id"], Path(i["pred"]).name) for i in items] == [("a_0000", "a.nii.gz"), ("b", "b.nii")]
+    with pytest.raises(DataError, match="no prediction for case 'c'"):
+        pair_predictions(["c.nii.gz"], tmp_path / "p")
+    with pytest.raises(DataError, match="duplicate case ids"):
+        pair_predictions(["x/a.nii.gz", "y/a.nii.gz"], None)
