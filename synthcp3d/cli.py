@@ -7,8 +7,10 @@ Every subcommand has ``--help``. Heavy imports (torch, MONAI) happen inside the 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -31,6 +33,75 @@ def _cmd_phantom_scenes(args: argparse.Namespace) -> int:
     )
     print(f"wrote {args.style} scene phantom under {root}")
     return 0
+
+
+def _int_in(lo: int, hi: int | None = None, why: str = "") -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[lo, hi]`` (argparse prefixes the message with the option)."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}{why}, got {n}")
+        if hi is not None and n > hi:
+            raise argparse.ArgumentTypeError(f"must be <= {hi}{why}, got {n}")
+        return n
+
+    return parse
+
+
+_positive_int = _int_in(1)
+_nonneg_int = _int_in(0)
+# 32 bits: MONAI's set_determinism and NumPy's legacy seeding take no more, so a seed means the same everywhere
+_seed = _int_in(0, 2**32 - 1)
+# sample_case's minimum (phantom_pancreas.py); the scene generator has none, but below 8 pixels a scene is a blur
+_voxels = _int_in(8)
+# the study and the demo cross-validate the segmenter with the bundle's folds (4 in common.json, 3 in the tiny
+# profile): fewer cases than folds fail deep inside the bundle after the phantom is written
+_cv_cases = _int_in(4, why=" (a case per cross-validation fold)")
+
+
+def _finite_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(x):  # float() accepts "nan" and "inf"
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return x
+
+
+def _positive_float(value: str) -> float:
+    """An argparse ``type``: a finite number > 0."""
+    x = _finite_float(value)
+    if x <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return x
+
+
+def _unit_interval_float(value: str) -> float:
+    """An argparse ``type``: a number in [0, 1] (a Dice threshold)."""
+    x = _finite_float(value)
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return x
+
+
+def _out_dir(value: str) -> Path:
+    """An argparse ``type``: an existing folder, or one that can be created (checked before anything is written)."""
+    path = Path(value)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{value} exists and is not a folder")
+    base = path
+    while not os.path.exists(base):  # os.path: False instead of an error below a file or an unreadable folder
+        base = base.parent
+    if not os.path.isdir(base):
+        raise argparse.ArgumentTypeError(f"cannot create {value}: {base} is not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write under {base}")
+    return path
 
 
 def _amp_dtype(value: str) -> str:
@@ -61,23 +132,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     print(format_summary(summarize(rows, threshold=args.threshold)))
     print(f"wrote {paths['html']} (+ report.csv, report.json)")
     return 0
-
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
-
-
-def _study_cases(value: str) -> int:
-    n = _positive_int(value)
-    if n < 4:
-        raise argparse.ArgumentTypeError(f"the 4-fold cross-validation needs at least 4 training cases, got {n}")
-    return n
 
 
 def _study_settings(value: str) -> tuple[str, ...]:
@@ -161,16 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="CT-like abdominal volumes with pancreas and tumour labels, MSD Task07 layout",
         description="Write an MSD Task07 Pancreas-style dataset (dataset.json, imagesTr, labelsTr, imagesTs).",
     )
-    pan.add_argument("--out", type=Path, required=True, help="output dataset folder")
-    pan.add_argument("--cases", type=int, default=12, help="number of training cases (default 12)")
-    pan.add_argument("--test-cases", type=int, default=None, help="number of test cases (default cases//4)")
-    pan.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"), default=(96, 96, 48),
-                     help="volume size in voxels (default 96 96 48)")
-    pan.add_argument("--fov", type=float, nargs=3, metavar=("FX", "FY", "FZ"), default=None,
+    pan.add_argument("--out", type=_out_dir, required=True, help="output dataset folder")
+    pan.add_argument("--cases", type=_positive_int, default=12, help="number of training cases (default 12)")
+    pan.add_argument("--test-cases", type=_nonneg_int, default=None, help="number of test cases (default cases//4)")
+    pan.add_argument("--size", type=_voxels, nargs=3, metavar=("X", "Y", "Z"), default=(96, 96, 48),
+                     help="volume size in voxels, each >= 8 (default 96 96 48)")
+    pan.add_argument("--fov", type=_positive_float, nargs=3, metavar=("FX", "FY", "FZ"), default=None,
                      help="field of view in mm (default: a whole abdomen, ~0.7-0.9 mm x 1.5-3 mm voxels at 512x512x90)")
     pan.add_argument("--roi-center", choices=("body", "pancreas"), default="body",
                      help="centre the grid on the body or on the pancreas (a coarse-stage region of interest)")
-    pan.add_argument("--seed", type=int, default=0, help="random seed; equal seeds give equal files")
+    pan.add_argument("--seed", type=_seed, default=0, help="random seed; equal seeds give equal files")
     pan.set_defaults(func=_cmd_phantom_pancreas)
 
     sc = psub.add_parser(
@@ -179,11 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a 2D street-scene phantom in the Cityscapes or StreetHazards on-disk layout.",
     )
     sc.add_argument("--style", choices=("cityscapes", "streethazards"), required=True)
-    sc.add_argument("--out", type=Path, required=True, help="output dataset folder")
-    sc.add_argument("--images", type=int, default=16, help="number of images per split (default 16)")
-    sc.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(128, 256),
-                    help="image size in pixels (default 128 256)")
-    sc.add_argument("--seed", type=int, default=0, help="random seed; equal seeds give equal files")
+    sc.add_argument("--out", type=_out_dir, required=True, help="output dataset folder")
+    sc.add_argument("--images", type=_positive_int, default=16, help="number of images per split (default 16)")
+    sc.add_argument("--size", type=_voxels, nargs=2, metavar=("H", "W"), default=(128, 256),
+                    help="image size in pixels, each >= 8 (default 128 256)")
+    sc.add_argument("--seed", type=_seed, default=0, help="random seed; equal seeds give equal files")
     sc.set_defaults(func=_cmd_phantom_scenes)
 
     demo = sub.add_parser(
@@ -191,11 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the whole 3D pipeline on a generated phantom and end with a report",
         description="Generate a pancreas phantom and run every stage of the 3D pipeline on the tiny profile.",
     )
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="working folder (default runs/demo)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", type=_out_dir, default="runs/demo", help="working folder (default runs/demo)")
+    demo.add_argument("--seed", type=_seed, default=0)
     demo.add_argument("--amp-dtype", default="auto", type=_amp_dtype,
                       help="precision: auto (bf16 only where computed natively), float32, bfloat16")  # fmt: skip
-    demo.add_argument("--cases", type=int, default=32, help="phantom training cases (default 32)")
+    demo.add_argument("--cases", type=_cv_cases, default=32, help="phantom training cases, >= 4 (default 32)")
     demo.add_argument("--bundle", type=Path, default=None,
                       help="the pancreas_synthcp bundle folder (default: bundles/pancreas_synthcp of this repository)")
     demo.set_defaults(func=_cmd_demo)
@@ -207,8 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(self-contained), report.csv and report.json from alarm_table.json.",
     )
     rep.add_argument("--table", type=Path, required=True, help="alarm_table.json written by the alarm stage")
-    rep.add_argument("--out", type=Path, required=True, help="output folder for report.{html,csv,json}")
-    rep.add_argument("--threshold", type=float, default=0.5,
+    rep.add_argument("--out", type=_out_dir, required=True, help="output folder for report.{html,csv,json}")
+    rep.add_argument("--threshold", type=_unit_interval_float, default=0.5,
                      help="Dice below which a case is bad / flagged for review (default 0.5)")
     rep.add_argument("--split", choices=("cv", "test", "new", "all"), default="all",
                      help="which cases to report (default all)")
@@ -226,12 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "the VAE alarm, the ensemble and a constant baseline on the CV and held-out cases, and write "
                     "diagnostics; writes DIR/study.{json,md,csv}. Rerunning the command resumes it.",
     )
-    st.add_argument("--out", type=Path, required=True, help="study folder (DIR/<setting>/seed<k>/ per run)")
+    st.add_argument("--out", type=_out_dir, required=True, help="study folder (DIR/<setting>/seed<k>/ per run)")
     st.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 per setting (default 3)")
     st.add_argument("--settings", type=_study_settings, default=DEFAULT_SETTINGS,
                     help=f"comma-separated phantom settings (default {','.join(DEFAULT_SETTINGS)}; "
                          "known: demo, adult, coarse, subtle, smoke)")  # fmt: skip
-    st.add_argument("--cases", type=_study_cases, default=DEFAULT_CASES,
+    st.add_argument("--cases", type=_cv_cases, default=DEFAULT_CASES,
                     help=f"training (cross-validation) cases per run, >= 4 (default {DEFAULT_CASES})")
     st.add_argument("--test-cases", type=_positive_int, default=DEFAULT_TEST_CASES,
                     help=f"held-out test cases per run (default {DEFAULT_TEST_CASES})")

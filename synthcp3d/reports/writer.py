@@ -7,8 +7,11 @@ Alarm-table contract (``alarm_table.json``, a JSON list, one row per case)::
      "synth": synthesized CT NIfTI or null, "error_map": float NIfTI in [0, 1] or null,
      "label": ground-truth label NIfTI or null,
      "true": {"pancreas": float | null, "tumour": float | null},
-     "predicted": {method: {"pancreas": float, "tumour": float}},   # any subset of the methods
+     "predicted": {method: {"pancreas": float | null, "tumour": float | null}},   # any subset of the methods
      "interval": {"pancreas": [lo, hi], "tumour": [lo, hi]}, "coverage": 0.9, "review": bool}
+
+Every Dice (true, predicted, interval ends) and the coverage is a number in [0, 1] or null (missing); a
+string, NaN or an out-of-range number is a :class:`~synthcp3d.data.io.DataError` naming the row and field.
 
 Per-case display uses one *headline* method per row: the first present of ``ensemble``, ``synthcp``,
 ``vae_alarm``, ``direct_prediction`` (the interval is shown next to it). A case is flagged for review
@@ -26,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,6 +47,40 @@ REPORT_FILES: dict[str, str] = {"html": "report.html", "csv": "report.csv", "jso
 _PATH_KEYS = ("image", "pred", "synth", "error_map", "label")
 
 
+_DICE = "a number in [0, 1] or null"
+
+
+def _is_unit(x) -> bool:
+    """``x`` is a number in [0, 1] (NaN is not: the alarm stages write a missing value as null)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and 0.0 <= x <= 1.0
+
+
+def _problem(row: dict) -> tuple[str, object, str] | None:
+    """The first ``(field, value, expected)`` of ``row`` that breaks the contract, or None. Null is allowed
+    wherever the alarm stages write it: no ground truth, a method that did not run, no interval, a failed case."""
+    for key in ("true", "predicted", "interval"):
+        if not isinstance(row.get(key) or {}, dict):
+            return key, row[key], "an object or null"
+    for cls, v in (row.get("true") or {}).items():
+        if v is not None and not _is_unit(v):
+            return f"true.{cls}", v, _DICE
+    for m, per_class in (row.get("predicted") or {}).items():
+        if not isinstance(per_class or {}, dict):
+            return f"predicted.{m}", per_class, "an object or null"
+        for cls, v in (per_class or {}).items():
+            if v is not None and not _is_unit(v):
+                return f"predicted.{m}.{cls}", v, _DICE
+    for cls, iv in (row.get("interval") or {}).items():
+        ends = [x for x in iv if x is not None] if isinstance(iv, (list, tuple)) and len(iv) == 2 else [-1]
+        if iv is not None and (not all(map(_is_unit, ends)) or ends != sorted(ends)):
+            return f"interval.{cls}", iv, "[lo, hi] with 0 <= lo <= hi <= 1 (or nulls)"
+    if row.get("coverage") is not None and not _is_unit(row["coverage"]):
+        return "coverage", row["coverage"], _DICE
+    if not isinstance(row.get("review", False), bool):  # "no" would be truthy: flagged by accident
+        return "review", row["review"], "true or false"
+    return None
+
+
 def _check_rows(rows, source: str | Path | None) -> None:
     if not isinstance(rows, list):
         raise DataError(source, f"alarm table must be a JSON list of rows, got {type(rows).__name__}")
@@ -53,8 +91,11 @@ def _check_rows(rows, source: str | Path | None) -> None:
         if row["case_id"] in seen:
             raise DataError(source, f"alarm table has case_id {row['case_id']!r} twice")
         seen.add(row["case_id"])
-        if not isinstance(row.get("predicted") or {}, dict):
-            raise DataError(source, f"case {row['case_id']!r}: 'predicted' must be an object of methods")
+        # else the summary skips a non-number as missing and averages an out-of-range one into the MAE
+        problem = _problem(row)
+        if problem:
+            field, value, expected = problem
+            raise DataError(source, f"row {i} (case {row['case_id']!r}): {field} must be {expected}, got {value!r}")
 
 
 def load_alarm_table(path: str | Path, split: str = "all") -> list[dict]:
@@ -65,7 +106,8 @@ def load_alarm_table(path: str | Path, split: str = "all") -> list[dict]:
         split: keep only rows of this split (``"cv"``, ``"test"``, ``"new"``) or ``"all"``.
 
     Raises:
-        DataError: missing or malformed table (the message names the file).
+        DataError: missing or malformed table, or a value outside the contract (the message names the file,
+            the row and the field).
     """
     path = Path(path)
     rows = read_json(path)

@@ -204,3 +204,12 @@ def test_duplicate_case_ids_rejected(rows, tmp_path):
     rows[1]["case_id"] = rows[0]["case_id"]
     with pytest.raises(DataError, match="twice"):
         writer.render_report(rows, thumbnails=False)
+
+
+def test_render_report_checks_dice_values_in_memory(rows):
+    rows[3]["predicted"]["synthcp"]["tumour"] = np.float32(0.25)  # NumPy numbers are numbers
+    rows[3]["true"]["tumour"] = np.float64(1.0)
+    writer.render_report(rows, thumbnails=False)
+    rows[2]["predicted"]["ensemble"]["tumour"] = np.nan  # the alarm stages write a missing value as null
+    with pytest.raises(DataError, match=r"row 2 \(case 'case_002'\): predicted.ensemble.tumour must be"):
+        writer.render_report(rows, thumbnails=False)
