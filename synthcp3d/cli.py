@@ -104,6 +104,16 @@ def _out_dir(value: str) -> Path:
     return path
 
 
+def _label_map(value: str) -> str:
+    from synthcp3d.data.labels import parse_label_map
+
+    try:
+        parse_label_map(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
 def _amp_dtype(value: str) -> str:
     from synthcp3d.engines.precision import parse_amp_dtype
 
@@ -117,6 +127,55 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from synthcp3d.demo import run_demo
 
     return run_demo(Path(args.out), seed=args.seed, bundle=args.bundle, cases=args.cases, amp_dtype=args.amp_dtype)
+
+
+def _nifti_files(paths: Sequence[Path], what: str) -> list[str]:
+    """Files as given, a folder as its ``*.nii.gz`` / ``*.nii`` in name order."""
+    from synthcp3d.data.io import DataError
+
+    out: list[str] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted([*p.glob("*.nii.gz"), *p.glob("*.nii")])
+            if not found:
+                raise DataError(p, f"no NIfTI {what} (*.nii.gz, *.nii) in this folder")
+            out += [str(f) for f in found]
+        else:
+            out.append(str(p))
+    return out
+
+
+_ALARM_RESERVED = frozenset({"models_dir", "output_dir", "alarm_out", "alarm_images", "alarm_preds", "alarm_label_map",
+                             "alarm_on_error", "amp_dtype"})  # fmt: skip
+
+
+def _cmd_alarm(args: argparse.Namespace) -> int:
+    import json
+
+    from synthcp3d.data.io import DataError, read_json
+    from synthcp3d.demo import default_bundle, run_bundle_config
+
+    images = _nifti_files(args.images, "images")
+    preds: list[str] | str | None = None
+    if args.preds:  # one folder: paired by case id; files: in the images' order
+        preds = str(args.preds[0]) if len(args.preds) == 1 and args.preds[0].is_dir() else [str(p) for p in args.preds]
+    manifest = args.models / "manifest.json"
+    if not manifest.is_file():
+        raise DataError(manifest, "not found: --models must be a folder written by export_models or the demo")
+    profile = args.profile or read_json(manifest).get("profile") or "tiny"
+    out = args.out.resolve()
+    run_bundle_config(Path(args.bundle or default_bundle()), ["alarm.json"], profile=profile,
+                      models_dir=str(args.models.resolve()), output_dir=str(out), alarm_out=str(out),
+                      alarm_images=images, alarm_preds=preds, alarm_label_map=args.label_map,
+                      alarm_on_error=args.on_error, amp_dtype=args.amp_dtype, **dict(args.override))  # fmt: skip
+    rows = json.loads((out / "alarm_table.json").read_text())
+    print(f"{'case':<24} {'status':<7} {'tumour Dice (ensemble)':>22}  review")
+    for r in rows:
+        d = r["predicted"]["ensemble"]["tumour"]
+        shown = "-" if d is None else f"{d:.2f}"
+        print(f"{r['case_id']:<24} {r['status']:<7} {shown:>22}  {'REVIEW' if r['review'] else ''}")
+    print(f"wrote {out / 'alarm_table.json'}; HTML: synthcp3d report --table {out / 'alarm_table.json'} --out DIR")
+    return 1 if any(r["status"] != "ok" for r in rows) else 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -164,22 +223,26 @@ def _study_profile(value: str) -> str:
     return value
 
 
-def _study_override(value: str) -> tuple[str, object]:
-    import json
+def _override(reserved: frozenset[str], by: str) -> Callable[[str], tuple[str, object]]:
+    """An argparse ``type`` for a bundle setting ``KEY=VALUE`` (VALUE as JSON, else a string), ``reserved`` keys
+    refused (``by`` sets them)."""
 
-    from synthcp3d.study import RESERVED_OVERRIDES
+    def parse(value: str) -> tuple[str, object]:
+        import json
 
-    key, sep, raw = value.partition("=")
-    key = key.strip()
-    if not sep or not key or any(c.isspace() for c in key):
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. segmenter#max_epochs=4), got {value!r}")
-    if key in RESERVED_OVERRIDES:
-        raise argparse.ArgumentTypeError(f"{key} is set by the study itself")
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        parsed = raw  # a plain string
-    return key, parsed
+        key, sep, raw = value.partition("=")
+        key = key.strip()
+        if not sep or not key or any(c.isspace() for c in key):
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. segmenter#max_epochs=4), got {value!r}")
+        if key in reserved:
+            raise argparse.ArgumentTypeError(f"{key} is set by {by}")
+        try:
+            return key, json.loads(raw)
+        except ValueError:
+            return key, raw  # a plain string
+
+    return parse
+
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
@@ -254,6 +317,36 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the pancreas_synthcp bundle folder (default: bundles/pancreas_synthcp of this repository)")
     demo.set_defaults(func=_cmd_demo)
 
+    al = sub.add_parser(
+        "alarm",
+        help="judge segmentations of new CT volumes: the bundle's own, or label maps from any tool (--preds)",
+        description="Run the pancreas_synthcp bundle's alarm config with trained models: segment each image (or "
+                    "take its label map from --preds, e.g. nnU-Net or a MONAI bundle), synthesize, compare, and "
+                    "write alarm_table.json with the predicted Dice, intervals and review flags. Exit 1 when a case "
+                    "could not be judged (--on-error skip).",
+    )  # fmt: skip
+    al.add_argument("--images", type=Path, nargs="+", required=True, help="CT NIfTI files or a folder of them")
+    al.add_argument("--preds", type=Path, nargs="+", default=None,
+                    help="label maps: a folder of <case_id>.nii.gz (nnU-Net's _0000 image suffix is dropped), or "
+                         "files in the images' order; default: the bundle's segmenter segments")  # fmt: skip
+    al.add_argument("--label-map", default=None, type=_label_map,
+                    help="send the label maps' values to the trained classes 0 background, 1 pancreas, 2 tumour, "
+                         "e.g. 1:1,2:2,3:0")  # fmt: skip
+    al.add_argument("--models", type=Path, required=True, help="models folder (export_models; the demo's DIR/models)")
+    al.add_argument("--out", type=_out_dir, required=True, help="output folder (alarm_table.json, maps)")
+    al.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                    help="a case that cannot be judged: fail (stop, naming the file; default) or skip (an error row "
+                         "with no numbers, flagged for review)")  # fmt: skip
+    al.add_argument("--profile", default=None, help="bundle profile (default: the one in the models' manifest)")
+    al.add_argument("--override", type=_override(_ALARM_RESERVED, "synthcp3d alarm's options"), action="append",
+                    default=[], metavar="KEY=VALUE",
+                    help="bundle setting the models were trained with, VALUE as JSON (repeatable)")
+    al.add_argument("--amp-dtype", default="auto", type=_amp_dtype,
+                    help="precision: auto (bf16 only where computed natively), float32, bfloat16")
+    al.add_argument("--bundle", type=Path, default=None,
+                    help="the pancreas_synthcp bundle folder (default: bundles/pancreas_synthcp of this repository)")
+    al.set_defaults(func=_cmd_alarm)
+
     rep = sub.add_parser(
         "report",
         help="write the per-case HTML/CSV/JSON report and the Table-2 summary from an alarm table",
@@ -270,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-thumbnails", action="store_true", help="skip the per-case slice thumbnails (no NIfTI reads)")
     rep.set_defaults(func=_cmd_report)
 
-    from synthcp3d.study import DEFAULT_CASES, DEFAULT_SETTINGS, DEFAULT_TEST_CASES
+    from synthcp3d.study import DEFAULT_CASES, DEFAULT_SETTINGS, DEFAULT_TEST_CASES, RESERVED_OVERRIDES
 
     st = sub.add_parser(
         "study",
@@ -294,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--profile", type=_study_profile, default="tiny", help="bundle profile (default tiny)")
     st.add_argument("--bundle", type=Path, default=None,
                     help="the pancreas_synthcp bundle folder (default: bundles/pancreas_synthcp of this repository)")
-    st.add_argument("--override", type=_study_override, action="append", default=[], metavar="KEY=VALUE",
+    st.add_argument("--override", type=_override(RESERVED_OVERRIDES, "the study itself"), action="append", default=[],
+                    metavar="KEY=VALUE",
                     help="bundle setting for every config, VALUE as JSON (repeatable; e.g. segmenter#max_epochs=4)")
     st.add_argument("--threshold", type=_study_threshold, default=0.5,
                     help="Dice below which a case is bad, for the triage accuracy (default 0.5)")
@@ -310,12 +404,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from synthcp3d.data.io import DataError
+    from synthcp3d.errors import user_error
 
     try:
         return int(args.func(args) or 0)
-    except DataError as e:
-        print(f"synthcp3d: error: {e}", file=sys.stderr)
+    except Exception as e:
+        cause = user_error(e)  # also inside MONAI's "Failed to evaluate ConfigExpression" of a bundle stage
+        if cause is None:
+            raise
+        print(f"synthcp3d: error: {cause}", file=sys.stderr)
         return 2
 
 

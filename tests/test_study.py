@@ -329,8 +329,9 @@ def make_fake_run(root, *, heldout: bool = True):
         index[cid] = {"split": "cv", "fold": i % 2, "image": str(img_p), "label": str(lab_p), "pred": str(pred_p)}
         cv_rows.append({"case_id": cid, "split": "cv", "image": str(img_p), "pred": str(pred_p), "label": str(lab_p),
                         "true": {"pancreas": float(d[0]), "tumour": float(d[1])},
-                        "predicted": {m: {"pancreas": 0.8, "tumour": float(d[1]) + 0.05 * (k + 1)}
-                                      for k, m in enumerate(study.METHODS)}})  # fmt: skip
+                        # off by 0.05 (k + 1) towards the middle: the MAE is exact and the Dice stays in [0, 1]
+                        "predicted": {m: {"pancreas": 0.8, "tumour": float(d[1]) + (0.05 if d[1] < 0.5 else -0.05)
+                                          * (k + 1)} for k, m in enumerate(study.METHODS)}})  # fmt: skip
     paths.data.mkdir(parents=True, exist_ok=True)
     (paths.data / "dataset.json").write_text(json.dumps({"training": [], "test": tests}))
     (paths.data / "phantom_meta.json").write_text(json.dumps({"cases": meta}))

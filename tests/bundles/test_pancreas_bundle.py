@@ -1,4 +1,6 @@
 import json
+import os
+import subprocess
 import sys
 
 import nibabel as nib
@@ -98,6 +100,41 @@ def test_pipeline_configs_in_order(pancreas_roi, tmp_path):
         assert seg.shape == img.shape and np.allclose(seg.affine, img.affine, atol=1e-4)
         assert nib.load(row["error_map"]).shape == img.shape
 
+    # bring your own segmentation: `synthcp3d alarm` on label maps another tool wrote (the ground truth of two
+    # training cases, tumour stored as 5), paired by case id from a folder; the segmenter never runs
+    byo = tmp_path / "byo_preds"
+    byo.mkdir()
+    cases = ["pancreas_001", "pancreas_002"]
+    for cid in cases:
+        lab = nib.load(pancreas_roi / "labelsTr" / f"{cid}.nii.gz")
+        vals = np.asarray(lab.dataobj).astype(np.uint8)
+        nib.save(nib.Nifti1Image(np.where(vals == 2, 5, vals).astype(np.uint8), lab.affine), byo / f"{cid}.nii.gz")
+    images = [str(pancreas_roi / "imagesTr" / f"{cid}.nii.gz") for cid in cases]
+    cli = [sys.executable, "-m", "synthcp3d", "alarm", "--images", *images, "--models", str(models),
+           "--amp-dtype", "float32", *(a for k, v in FAST.items() for a in ("--override", f"{k}={json.dumps(v)}"))]
+    r = run([*cli, "--preds", str(byo), "--label-map", "5:2", "--out", str(tmp_path / "byo")])
+    byo_rows = json.loads((tmp_path / "byo" / "alarm_table.json").read_text())
+    assert [(row["case_id"], row["status"]) for row in byo_rows] == [(c, "ok") for c in cases], r.stdout
+    for row, cid in zip(byo_rows, cases, strict=True):
+        assert row["source_pred"] == str(byo / f"{cid}.nii.gz") and all(
+            0.0 <= row["predicted"][m]["tumour"] <= 1.0 for m in methods)
+        np.testing.assert_array_equal(np.asarray(nib.load(row["pred"]).dataobj),
+                                      np.asarray(nib.load(pancreas_roi / "labelsTr" / f"{cid}.nii.gz").dataobj))
+    assert not (tmp_path / "byo" / "predictions" / cases[0] / "probs.nii.gz").exists()
+    # without the label map, value 5 is refused naming the file; so is a label map on another grid
+    bad_run = subprocess.run([*cli, "--preds", str(byo), "--out", str(tmp_path / "byo_bad")], capture_output=True,
+                             text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert bad_run.returncode == 2
+    assert bad_run.stderr.strip().splitlines()[-1].startswith(f"synthcp3d: error: {byo / (cases[0] + '.nii.gz')}: "
+                                                             "label values [5] are outside the trained classes")
+    lab = nib.load(byo / f"{cases[0]}.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(lab.dataobj)[:, :, 1:], lab.affine), byo / f"{cases[0]}.nii.gz")
+    bad_run = subprocess.run([*cli, "--preds", str(byo), "--label-map", "5:2", "--out", str(tmp_path / "byo_bad")],
+                             capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert bad_run.returncode == 2 and "shape mismatch" in bad_run.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "byo_bad" / "alarm_table.json").exists()
+
     # bad inputs: a missing prediction and a synthesized volume on another grid give errors naming the case
     bad = tmp_path / "bad"
     (bad / "predictions").mkdir(parents=True)
@@ -128,3 +165,20 @@ def test_ddp_two_cpu_processes(pancreas_roi, tmp_path):
     # 3 training cases x 1 crop sharded over 2 ranks (padded to 2 each), batch 2: one iteration per rank
     assert state["trainer"]["iteration"] == 1
     assert not any(k.startswith("module.") for k in state["network"])
+
+
+def test_bundle_run_on_bad_data_ends_with_the_file(pancreas_root, tmp_path):
+    """``python -m monai.bundle run`` on a dataset with a missing label: the last line names the file (not
+    MONAI's "Failed to evaluate ConfigExpression"), the exit code is non-zero."""
+    import shutil
+
+    data = tmp_path / "Task07"
+    shutil.copytree(pancreas_root, data)
+    (data / "labelsTr" / "pancreas_002.nii.gz").unlink()
+    configs = [str(PANCREAS_BUNDLE / "configs" / c) for c in ("common.json", "profiles/tiny.json", "crossval.json")]
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs),
+                           "--dataset_dir", str(data), "--output_dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"synthcp3d: error: {data / 'labelsTr' / 'pancreas_002.nii.gz'}: file not found", last

@@ -87,3 +87,28 @@ def test_empty_and_missing(root, tmp_path):
     (root / "dataset.json").write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
         msd_datalist(root)
+
+
+def test_all_background_label_warns_naming_the_case(root):
+    lab = nib.load(_label(root))
+    write_nifti(_label(root), np.zeros(lab.shape, np.uint8), lab.affine)
+    with pytest.warns(UserWarning, match=r"pancreas_002\.nii\.gz: case 'pancreas_002' has an all-background label"):
+        msd_datalist(root, check="full")
+
+
+def test_ct_checks_refuse_what_no_alarm_can_judge(root):
+    from synthcp3d.data.msd import check_ct_volume, read_ct_image
+
+    path = root / "imagesTr" / "pancreas_001.nii.gz"
+    a, affine = read_ct_image(path, hu_window=(-87, 199))  # a phantom CT passes
+    assert a.ndim == 3
+    with pytest.raises(DataError, match="expected a 3D volume"):
+        check_ct_volume(a[..., 0], affine, path)
+    check_ct_volume(a[..., None], affine, path)  # a trailing singleton axis is dropped
+    with pytest.raises(DataError, match="too small"):
+        check_ct_volume(a[:3], affine, path)
+    with pytest.raises(DataError, match="singular"):
+        check_ct_volume(a, np.zeros((4, 4)), path)
+    with pytest.raises(DataError, match="no soft tissue"):
+        check_ct_volume(np.where(np.arange(a.size).reshape(a.shape) % 2, -1000.0, 1000.0), affine, path,
+                        hu_window=(-87, 199))  # fmt: skip
