@@ -113,7 +113,12 @@ def alarm_summary(row: Mapping, review_threshold: float) -> dict:
         "coverage": row["coverage"],
         "review": row["review"],
         "review_threshold": review_threshold,
-        "message": f"predicted tumour Dice {tum}{span}, pancreas {pan}; {verdict}",
+        "segmentation": "client label" if row.get("source_pred") else "segmenter",
+        "status": row.get("status", "ok"),
+        "failed_methods": list(row.get("failed_methods", [])),
+        "message": (f"predicted tumour Dice {tum}{span}, pancreas {pan}; {verdict}" if t is not None else
+                    f"no predicted tumour Dice (failed: {', '.join(row.get('failed_methods', [])) or 'unknown'}); "
+                    "REVIEW"),
     }
 
 
@@ -167,9 +172,13 @@ class AlarmService:
         self._work = Path(tempfile.mkdtemp(prefix="synthcp3d-alarm-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._work, True)  # also at interpreter exit
 
-    def alarm(self, image: str | Path, output: str | None = None, dest: str | Path | None = None) -> dict:
+    def alarm(self, image: str | Path, output: str | None = None, dest: str | Path | None = None,
+              label: str | Path | None = None) -> dict:  # fmt: skip
         """Run (or reuse) the alarm path on one NIfTI CT volume; with ``output``, also write that volume to
         ``dest`` (:func:`export_volume`; under the lock, so no other request evicts the result meanwhile).
+        With ``label`` (a label map a client sent, or the datastore's), the alarm judges that segmentation
+        instead of the segmenter's (its geometry and values checked by
+        :func:`~synthcp3d.alarms.inference.check_alarm_input`).
 
         Returns:
             ``{"row": alarm-table row (split "new"), "summary": :func:`alarm_summary`, "seconds": run time,
@@ -184,13 +193,15 @@ class AlarmService:
         size = read_geometry(path)["size"]  # DataError for a missing or unreadable file, before any work
         if len(size) != 3:
             raise DataError(path, f"a 3D CT volume is expected, got size {size}")
-        st = path.stat()
-        key = (str(path), st.st_size, st.st_mtime_ns)
+        key = _file_key(path)
+        label = None if label is None else Path(label).resolve()
+        if label is not None:
+            key += _file_key(label)
         with self._lock:
             result = self._cache.get(key)
             cached = result is not None
             if not cached:
-                result = self._run(path)
+                result = self._run(path, label)
                 self._cache[key] = result
             self._cache.move_to_end(key)
             while len(self._cache) > self.cache_size:
@@ -199,12 +210,12 @@ class AlarmService:
                 export_volume(result, output, dest)
             return {**result, "cached": cached}
 
-    def _run(self, path: Path) -> dict:
+    def _run(self, path: Path, label: Path | None) -> dict:
         out = Path(tempfile.mkdtemp(dir=self._work))
         t0 = time.perf_counter()
         try:
             rows = alarm_new_images([path], out, models_dir=self.models_dir, **self.networks, **self._kwargs,
-                                    progress=False)  # fmt: skip
+                                    predictions=None if label is None else [label], progress=False)  # fmt: skip
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
             raise
@@ -216,6 +227,11 @@ class AlarmService:
         with self._lock:
             self._cache.clear()
             self._cleanup()
+
+
+def _file_key(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path), st.st_size, st.st_mtime_ns)
 
 
 def export_volume(result: Mapping, output: str, dest: str | Path) -> Path:

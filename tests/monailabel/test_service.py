@@ -95,6 +95,35 @@ def test_alarm_on_one_image(service, phantom_images, label_models, tmp_path):
     assert set(np.unique(np.asarray(nib.load(tmp_path / "segmentation.nii.gz").dataobj))) <= {0, 1, 2}
 
 
+def test_alarm_judges_a_client_label(service, phantom_images, tmp_path):
+    image = list(phantom_images.values())[2]
+    ref = nib.load(image)
+    label = np.zeros(ref.shape, np.uint8)
+    label[8:16, 8:16, 4:12] = 1
+    label[10:13, 10:13, 6:9] = 2
+    path = tmp_path / "client_label.nii.gz"
+    nib.save(nib.Nifti1Image(label, ref.affine), path)
+    result = service.alarm(image, "segmentation", tmp_path / "returned.nii.gz", label=path)
+    assert not result["cached"] and result["summary"]["segmentation"] == "client label"
+    assert result["row"]["source_pred"] == str(path) and result["summary"]["status"] == "ok"
+    # the alarm is about the client's label: the returned segmentation is that label, not the segmenter's
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "returned.nii.gz").dataobj), label)
+    assert service.alarm(image, label=path)["cached"] and not service.alarm(image)["cached"]
+    nib.save(nib.Nifti1Image(np.full(ref.shape, 4, np.uint8), ref.affine), tmp_path / "foreign.nii.gz")
+    with pytest.raises(DataError, match=r"foreign.nii.gz: label values \[4\] are outside the trained classes"):
+        service.alarm(image, label=tmp_path / "foreign.nii.gz")
+
+
+def test_summary_of_a_failed_member_asks_for_review():
+    row = {"case_id": "c1", "coverage": 0.9, "review": True, "status": "ok", "failed_methods": ["synthcp", "ensemble"],
+           "predicted": {m: {"pancreas": 0.8, "tumour": None if m in ("synthcp", "ensemble") else 0.7}
+                         for m in METHODS},
+           "interval": {"pancreas": [0.6, 1.0], "tumour": [None, None]}}  # fmt: skip
+    s = alarm_summary(row, 0.5)
+    assert s["message"] == "no predicted tumour Dice (failed: synthcp, ensemble); REVIEW"
+    assert s["failed_methods"] == ["synthcp", "ensemble"] and s["review"] is True
+
+
 def test_bad_images_and_outputs(service, tmp_path):
     with pytest.raises(DataError, match="file not found"):
         service.alarm(tmp_path / "nope.nii.gz")
@@ -110,7 +139,7 @@ def test_cache_keeps_the_last_results(label_models, phantom_images, monkeypatch)
     service = AlarmService(label_models, device="cpu", cache_size=1)
     runs = []
 
-    def fake_run(path):  # the cache logic alone: no networks run
+    def fake_run(path, label):  # the cache logic alone: no networks run
         runs.append(path.name)
         d = service._work / f"run{len(runs)}"
         d.mkdir()
