@@ -178,6 +178,20 @@ def _cmd_alarm(args: argparse.Namespace) -> int:
     return 1 if any(r["status"] != "ok" for r in rows) else 0
 
 
+def _cmd_import_preds(args: argparse.Namespace) -> int:
+    from synthcp3d.alarms.inference import import_predictions
+    from synthcp3d.data.msd import msd_datalist
+
+    items = msd_datalist(args.dataset, "training", check="header")
+    index = import_predictions(items, str(args.preds), args.out, label_map=args.label_map, folds=args.splits,
+                               num_folds=args.folds)  # fmt: skip
+    folds = sorted({r["fold"] for r in index.values() if r["fold"] is not None})
+    print(f"wrote {Path(args.out) / 'predictions' / 'index.json'}: {len(index)} cases, folds {folds}; train the "
+          f"alarms with the bundle's synthesize, train_comparator, train_vae and ensemble configs and "
+          f"--segmenter_dir {args.out}")  # fmt: skip
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from synthcp3d.reports.table2 import format_summary, summarize
     from synthcp3d.reports.writer import load_alarm_table, write_report
@@ -346,6 +360,22 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--bundle", type=Path, default=None,
                     help="the pancreas_synthcp bundle folder (default: bundles/pancreas_synthcp of this repository)")
     al.set_defaults(func=_cmd_alarm)
+
+    imp = sub.add_parser(
+        "import-preds",
+        help="train the alarms on another tool's errors: index its out-of-fold label maps of a labelled dataset",
+        description="Check and index a segmentation tool's cross-validation predictions (e.g. nnU-Net's) of an "
+                    "MSD dataset's training cases as <out>/predictions/index.json, the layout the bundle's alarm "
+                    "configs train on (--segmenter_dir <out>).",
+    )  # fmt: skip
+    imp.add_argument("--dataset", type=Path, required=True, help="MSD task folder (dataset.json, imagesTr, labelsTr)")
+    imp.add_argument("--preds", type=Path, required=True, help="folder of <case_id>.nii.gz out-of-fold label maps")
+    imp.add_argument("--out", type=_out_dir, required=True, help="segmenter folder to write (predictions/index.json)")
+    imp.add_argument("--label-map", default=None, type=_label_map, help="their values -> trained classes, e.g. 1:1,2:2")
+    imp.add_argument("--splits", type=Path, default=None,
+                     help="nnU-Net's splits_final.json (fold k = its val list); default: a seeded --folds split")
+    imp.add_argument("--folds", type=_int_in(2), default=4, help="folds when --splits is not given (default 4)")
+    imp.set_defaults(func=_cmd_import_preds)
 
     rep = sub.add_parser(
         "report",

@@ -159,3 +159,22 @@ def test_report_on_garbage_exits_2_in_a_process(tmp_path):
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2 and "predicted.synthcp.tumour must be a number in [0, 1] or null, got 1.7" in r.stderr
     assert "Traceback" not in r.stderr and r.stdout == "" and not out.exists()
+
+
+def test_import_preds_indexes_another_tools_cv_predictions(tmp_path, capsys):
+    import shutil
+
+    from synthcp3d.data.phantom_pancreas import make_pancreas_dataset
+
+    root = make_pancreas_dataset(tmp_path / "Task07", num_cases=4, num_test=0, size=(16, 16, 8), seed=1,
+                                 progress=False)  # fmt: skip
+    preds = tmp_path / "preds"
+    shutil.copytree(root / "labelsTr", preds)
+    out = tmp_path / "tool"
+    assert main(["import-preds", "--dataset", str(root), "--preds", str(preds), "--out", str(out), "--folds", "2"]) == 0
+    index = json.loads((out / "predictions" / "index.json").read_text())
+    assert sorted(index) == [f"pancreas_00{k}" for k in range(1, 5)]
+    assert sorted(r["fold"] for r in index.values()) == [0, 0, 1, 1] and {r["split"] for r in index.values()} == {"cv"}
+    (preds / "pancreas_003.nii.gz").unlink()
+    assert main(["import-preds", "--dataset", str(root), "--preds", str(preds), "--out", str(tmp_path / "t2")]) == 2
+    assert "no prediction for case 'pancreas_003'" in capsys.readouterr().err

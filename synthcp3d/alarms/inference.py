@@ -32,7 +32,7 @@ from synthcp3d.engines.checkpoints import load_weights
 from synthcp3d.engines.precision import Precision, resolve_precision
 
 __all__ = ["MODEL_FILES", "MODELS_LAYOUT", "ON_ERROR", "alarm_new_images", "check_alarm_input", "export_models",
-           "load_alarm_networks", "pair_predictions"]
+           "import_predictions", "load_alarm_networks", "pair_predictions"]
 
 logger = logging.getLogger(__name__)
 
@@ -328,3 +328,68 @@ def _alarm_case(item: dict, out: Path, cfg: Mapping, nets: Mapping, segment_roi_
     if item.get("source_pred"):
         row["source_pred"] = item["source_pred"]
     return row
+
+
+def import_predictions(
+    items: Sequence[Mapping],
+    predictions: Sequence[str | Path] | str | Path,
+    segmenter_dir: str | Path,
+    *,
+    num_classes: int = 3,
+    hu_window: Sequence[float] = (-87.0, 199.0),
+    label_map: str | Mapping[int, int] | None = None,
+    folds: Sequence[Sequence[str]] | str | Path | None = None,
+    num_folds: int = 4,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Train the alarms on another tool's errors: write ``<segmenter_dir>/predictions/index.json`` (the layout
+    :func:`~synthcp3d.engines.segmentation.cross_validate` writes) from images, their ground truth and that
+    tool's out-of-fold label maps, so that the bundle's synthesize / train_comparator / train_vae / ensemble
+    configs run on them (``segmenter_dir`` override).
+
+    Args:
+        items: datalist ``[{"image", "label"?, "case_id"?}]`` (e.g. :func:`~synthcp3d.data.msd.msd_datalist`);
+            labelled cases become "cv" cases, unlabelled ones "test" cases.
+        predictions: the tool's label maps, paired by :func:`pair_predictions`.
+        label_map: their values -> trained classes (:func:`~synthcp3d.data.labels.parse_label_map`).
+        folds: which fold predicted each labelled case: case-id lists per fold, or nnU-Net's
+            ``splits_final.json`` (fold k = its ``"val"`` list); None: ``fold_split(num_folds, seed)`` (the
+            alarm's out-of-fold protocol then follows these folds, not the tool's).
+
+    Returns:
+        The index (also written; label maps cleaned onto ``<segmenter_dir>/predictions/<case_id>/pred.nii.gz``).
+
+    Raises:
+        DataError: a file, its geometry or values, or a fold list that misses or repeats a labelled case.
+    """
+    from synthcp3d.data.labels import parse_label_map
+    from synthcp3d.data.msd import check_pair
+    from synthcp3d.engines.segmentation import fold_split
+
+    paired = pair_predictions(items, predictions)
+    mapping = parse_label_map(label_map)
+    out = Path(segmenter_dir) / "predictions"
+    labelled = [it["case_id"] for it in paired if it.get("label")]
+    if isinstance(folds, (str, Path)):
+        folds = [split["val"] for split in read_json(folds)]  # nnU-Net's splits_final.json
+    fold_lists = [list(f) for f in folds] if folds is not None else fold_split(labelled, num_folds, seed)
+    fold_of = {c: k for k, f in enumerate(fold_lists) for c in f}
+    missing = sorted(set(labelled) - set(fold_of))
+    repeated = sorted({c for f in fold_lists for c in f if sum(c in g for g in fold_lists) > 1})
+    if missing or repeated:
+        raise DataError(folds if isinstance(folds, (str, Path)) else None,
+                        f"fold lists must hold every labelled case once: missing {missing[:5]}, "
+                        f"repeated {repeated[:5]}")  # fmt: skip
+    index = {}
+    for it in paired:
+        checked = check_alarm_input(it, out, num_classes=num_classes, hu_window=hu_window, label_map=mapping)
+        if it.get("label"):
+            check_pair(Path(it["image"]), Path(it["label"]))
+        rec = {"split": "cv" if it.get("label") else "test", "fold": fold_of.get(it["case_id"]),
+               "image": str(Path(it["image"]).resolve()), "pred": str(Path(checked["pred"]).resolve()),
+               "source_pred": it["pred"]}  # fmt: skip
+        if it.get("label"):
+            rec["label"] = str(Path(it["label"]).resolve())
+        index[it["case_id"]] = rec
+    atomic_write_text(out / "index.json", json.dumps(index, indent=1))
+    return index

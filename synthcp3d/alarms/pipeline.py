@@ -267,7 +267,8 @@ def train_vae_alarm(
     out = Path(out_dir)
     crop = {"roi_size": [int(r) for r in roi_size], "pixdim": [float(p) for p in pixdim],
             "hu_window": [float(h) for h in hu_window], "num_classes": int(num_classes)}  # fmt: skip
-    cv, test = _samples(index, None, crop)
+    # the VAE sees the label maps only: no probability maps read (another tool's predictions have none)
+    cv, test = _samples(index, None, {**crop, "pred_input": "onehot"})
     groups = _groups(cv, num_folds, out_of_fold)
     run = {"amp_dtype": amp_dtype, "device": device}
 

@@ -372,3 +372,42 @@ def test_pair_predictions_by_case_id(tmp_path):
         pair_predictions(["c.nii.gz"], tmp_path / "p")
     with pytest.raises(DataError, match="duplicate case ids"):
         pair_predictions(["x/a.nii.gz", "y/a.nii.gz"], None)
+
+
+def test_alarms_train_on_another_tools_predictions(fake_run, tmp_path):
+    """An nnU-Net-style folder of out-of-fold label maps + its splits_final.json -> the CV index the alarm stages
+    train on; the alarm table then follows that tool's folds."""
+    import shutil
+
+    from synthcp3d.alarms.inference import import_predictions
+
+    root, index = fake_run["root"], json.loads(fake_run["index"].read_text())
+    meta = json.loads((root / "dataset.json").read_text())
+    items = [{"image": str((root / r["image"]).resolve()), "label": str((root / r["label"]).resolve())}
+             for r in meta["training"]]  # fmt: skip
+    preds = tmp_path / "nnunet_preds"
+    preds.mkdir()
+    for cid, rec in index.items():
+        if rec["split"] == "cv":
+            shutil.copy(rec["pred"], preds / f"{cid}.nii.gz")
+    ids = sorted(c for c, r in index.items() if r["split"] == "cv")
+    splits = [{"train": [c for c in ids if c not in ids[k::2]], "val": ids[k::2]} for k in range(2)]
+    (tmp_path / "splits_final.json").write_text(json.dumps(splits))
+    seg = tmp_path / "other_tool"
+    got = import_predictions(items, preds, seg, folds=tmp_path / "splits_final.json")
+    assert {c: (r["split"], r["fold"]) for c, r in got.items()} == {c: ("cv", ids.index(c) % 2) for c in ids}
+    assert json.loads((seg / "predictions/index.json").read_text()) == got
+    for cid in ids:
+        np.testing.assert_array_equal(np.asarray(nib.load(got[cid]["pred"]).dataobj),
+                                      np.asarray(nib.load(index[cid]["pred"]).dataobj))
+    with pytest.raises(DataError, match=r"missing \['pancreas_00"):
+        import_predictions(items, preds, tmp_path / "x", folds=[ids[:3], ids[4:]])
+    nets = _nets()
+    crop = {"roi_size": ROI, "pixdim": PIXDIM, "iterations": 2, "batch_size": 2, "progress": False}
+    alarms = tmp_path / "alarms"
+    train_comparator_alarms(seg / "predictions/index.json", fake_run["synth"], alarms, comparator=nets["comparator"],
+                            direct=None, pred_input="onehot", **crop)  # fmt: skip
+    train_vae_alarm(seg / "predictions/index.json", alarms, vae=nets["vae"], **crop)
+    rows = ensemble_alarm_table(alarms, alpha=0.2)
+    assert sorted(r["case_id"] for r in rows) == ids and all(r["status"] == "ok" for r in rows)
+    assert all(r["failed_methods"] == [] for r in rows)  # Direct Prediction absent: not a failure
