@@ -12,6 +12,11 @@ Models (``POST /infer/<model>?image=<id>``):
 Both return the same JSON: per-class predicted Dice of SynthCP, the VAE alarm, Direct Prediction and their
 ensemble, the ensemble's conformal interval, the review flag and a one-line message.
 
+To judge a segmentation made elsewhere (nnU-Net, a MONAI zoo bundle, a clinician's edit), send it as the
+request's ``label`` file, or name the datastore's label with ``params={"label_tag": "final"}``: the alarm is then
+about that label map (returned as the segmentation), not about the app's own; ``"segmentation": "client label"``
+in the JSON says so. A label on another grid or with values outside 0/1/2 is answered with 422 naming the problem.
+
 ``--conf`` keys: ``models`` (``synthcp_pancreas`` or ``all``), ``models_dir`` (default: the bundle's
 ``models/``, written by its ``export_models`` config; ``make demo`` writes ``runs/demo/models``), ``bundle``
 (default: the repository's ``bundles/pancreas_synthcp``), ``profile`` (default: the models' manifest),
@@ -82,6 +87,13 @@ class SynthCPPancreasApp(MONAILabelApp):
             ids = sorted(store.list_images())
             raise HTTPException(404, f"unknown image {image!r}: the studies folder has {len(ids)} images "
                                      f"({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")  # fmt: skip
+        tag = request.get("label_tag")
+        if tag and not request.get("label"):  # judge the label the datastore holds for this image
+            uri = store.get_label_uri(image, tag)
+            if not uri or not os.path.exists(uri):
+                raise HTTPException(404, f"image {image!r} has no label tagged {tag!r} in the datastore: save one "
+                                         "(PUT /datastore/label) or send the label file with the request")  # fmt: skip
+            request["label"] = uri
         try:
             return super().infer(request, datastore)
         except DataError as e:

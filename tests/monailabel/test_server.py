@@ -168,6 +168,62 @@ def test_error_map_levels_and_heatmap(server, tmp_path):
     assert levels.get_data_dtype() == np.uint8 and np.array_equal(np.asarray(levels.dataobj), want)
 
 
+def _form_with_label(params: dict, label: bytes) -> tuple[bytes, dict]:
+    """``params`` plus a ``label`` file part, as a MONAI Label client uploads a segmentation."""
+    boundary = "synthcp3d-test-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{json.dumps(params)}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="label"; filename="label.nii.gz"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + label + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}  # fmt: skip
+
+
+def _label_file(ref_path, tmp_path, values=(1, 2), shape=None) -> bytes:
+    ref = nib.load(ref_path)
+    lab = np.zeros(shape or ref.shape, np.uint8)
+    lab[6:14, 6:14, 4:12] = values[0]
+    lab[8:11, 8:11, 6:9] = values[1]
+    nib.save(nib.Nifti1Image(lab, ref.affine), tmp_path / "sent.nii.gz")
+    return (tmp_path / "sent.nii.gz").read_bytes()
+
+
+def test_alarm_on_a_label_the_client_sends(server, tmp_path):
+    image_id, path = list(server["images"].items())[2]
+    sent = _label_file(path, tmp_path)
+    body, headers = _form_with_label({}, sent)
+    status, ctype, answer = _request(f"{server['url']}/infer/synthcp_pancreas?image={image_id}&output=all", "POST",
+                                     body, headers)  # fmt: skip
+    assert status == 200, answer[:500]
+    parts = _multipart(ctype, answer)
+    res = json.loads(parts["params"])
+    assert res["segmentation"] == "client label" and res["status"] == "ok"
+    _check_alarm_json(res, json.loads((server["models"] / "alarm_models.json").read_text()), image_id)
+    (tmp_path / "back.nii.gz").write_bytes(parts["image"])
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "back.nii.gz").dataobj),
+                                  np.asarray(nib.load(tmp_path / "sent.nii.gz").dataobj))  # the alarm is about it
+    for bad, match in ((_label_file(path, tmp_path, values=(1, 9)), "label values [9] are outside"),
+                       (_label_file(path, tmp_path, shape=(8, 8, 8)), "shape mismatch")):  # fmt: skip
+        body, headers = _form_with_label({}, bad)
+        status, _, answer = _request(f"{server['url']}/infer/synthcp_pancreas?image={image_id}", "POST", body,
+                                     headers)  # fmt: skip
+        assert status == 422 and match in json.loads(answer)["detail"], answer[:500]
+
+
+def test_alarm_on_the_datastore_label(server, tmp_path):
+    image_id, path = list(server["images"].items())[1]
+    status, _, body = _infer(server, "synthcp_pancreas", image_id, output="json", params={"label_tag": "final"})
+    assert status == 404 and "no label tagged 'final'" in json.loads(body)["detail"]
+    sent = _label_file(path, tmp_path)
+    boundary = "synthcp3d-test-boundary"
+    form = (f'--{boundary}\r\nContent-Disposition: form-data; name="label"; filename="{image_id}.nii.gz"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + sent + f"\r\n--{boundary}--\r\n".encode()
+    status, _, answer = _request(f"{server['url']}/datastore/label?image={image_id}&tag=final", "PUT", form,
+                                 {"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+    assert status == 200, answer[:500]
+    status, _, body = _infer(server, "synthcp_pancreas", image_id, output="json", params={"label_tag": "final"})
+    assert status == 200, body[:500]
+    assert json.loads(body)["segmentation"] == "client label"
+
+
 def test_malformed_requests_get_a_clear_4xx(server):
     image_id = next(iter(server["images"]))
     status, _, body = _infer(server, "no_such_model", image_id)

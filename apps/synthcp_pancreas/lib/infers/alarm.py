@@ -44,7 +44,7 @@ class SynthCPAlarm(InferTask):
         # MONAI Label deletes the returned file after sending it: hand over a copy, keep the cached result
         with tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False) as f:
             path = f.name
-        result = self.service.alarm(request["image"], kind, path)
+        result = self.service.alarm(request["image"], kind, path, label=request.get("label"))
         params = {**result["summary"], "output": kind, "label_names": self.labels, "profile": self.service.profile,
                   "seconds": round(result["seconds"], 3), "cached": result["cached"]}  # fmt: skip
         return str(path), params
