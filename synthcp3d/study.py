@@ -98,7 +98,11 @@ DEFAULT_TEST_CASES = 8
 METHODS: tuple[str, ...] = ("synthcp", "direct_prediction", "vae_alarm", "ensemble")
 BASELINE = "constant"
 CLASSES: tuple[str, ...] = ("pancreas", "tumour")
-METRICS: tuple[str, ...] = ("mae", "std", "pearson", "spearman", "triage_accuracy")
+_IMAGE_LEVEL: tuple[str, ...] = ("mae", "std", "pearson", "spearman", "triage_accuracy")  # metrics.image_level
+_RISK_COVERAGE: tuple[str, ...] = ("aurc", "eaurc")  # ranking by predicted Dice, risk 1 - Dice (Zenk et al. 2025)
+METRICS: tuple[str, ...] = (*_IMAGE_LEVEL, *_RISK_COVERAGE)
+_METRIC_LABELS = {"mae": "MAE", "std": "STD", "pearson": "P.C.", "spearman": "S.C.", "triage_accuracy": "triage",
+                  "aurc": "AURC", "eaurc": "e-AURC"}  # fmt: skip
 HIDDEN_LABELS = "labelsTs_hidden"
 SPLITS: tuple[str, ...] = ("cv", "heldout")
 # set by the study for every config; a user override of them would break the run layout
@@ -111,13 +115,17 @@ _GAUSS_MEAN_ABS = math.sqrt(2.0 / math.pi)  # E|N(0, s)| = 0.798 s: the floor of
 
 # ----------------------------------------------------------------------------------------------- metrics
 def score(pred: np.ndarray, true: np.ndarray, threshold: float = 0.5) -> dict[str, dict[str, float]]:
-    """Per-class MAE, STD, Pearson, Spearman and triage accuracy (all x100) of predicted vs true Dice.
+    """Per-class MAE, STD, Pearson, Spearman, triage accuracy, AURC and e-AURC (all x100) of predicted vs true
+    Dice.
 
     ``pred`` and ``true`` are (cases, 2) [pancreas, tumour]; entries where either is NaN are left out (``n``
     counts the rest). Correlations of a constant predictor are NaN (undefined). Computed by
     :func:`synthcp3d.metrics.image_level`; triage: a case is "bad" when its Dice is below ``threshold``.
+    AURC / e-AURC (:func:`synthcp3d.metrics.aurc`, :func:`~synthcp3d.metrics.excess_aurc`): cases ranked by
+    the predicted Dice, risk 1 - true Dice, lower is better; a constant predictor ties every case, the random
+    ranking, so its AURC is the mean risk (100 - mean true Dice x100).
     """
-    from synthcp3d.metrics import image_level
+    from synthcp3d.metrics import aurc, excess_aurc, image_level
 
     p = np.asarray(pred, np.float64).reshape(-1, len(CLASSES))
     t = np.asarray(true, np.float64).reshape(-1, len(CLASSES))
@@ -129,8 +137,9 @@ def score(pred: np.ndarray, true: np.ndarray, threshold: float = 0.5) -> dict[st
         return out
     res = image_level(np.where(valid, p, 0.0), np.where(valid, t, np.nan), valid=valid, threshold=threshold)
     for k, c in enumerate(CLASSES):
-        out[c].update({m: float(res["per_class"][m][k]) for m in METRICS})
+        out[c].update({m: float(res["per_class"][m][k]) for m in _IMAGE_LEVEL})
         pk, tk = p[valid[:, k], k], t[valid[:, k], k]
+        out[c].update(aurc=100 * aurc(pk, 1.0 - tk), eaurc=100 * excess_aurc(pk, 1.0 - tk))
         if pk.size and (np.ptp(pk) == 0 or np.ptp(tk) == 0):
             # undefined; image_level's centred sums of a constant are rounding noise (e.g. 20 x 0.1), not zero
             out[c]["pearson"] = out[c]["spearman"] = float("nan")
@@ -603,19 +612,26 @@ def render_markdown(study: Mapping) -> str:
              f"{_fmt(study.get('wall_s'), 0)} s", "",
              "All scores x100 (paper Table 2): MAE and STD of |predicted - true Dice|, Pearson (P.C.) and Spearman "
              "(S.C.) correlation, triage = % of cases where predicted Dice < threshold agrees with true Dice < "
-             "threshold. Mean ± sample SD over seeds (pooled: over all runs). `constant` predicts the CV cases' mean "
-             "true Dice for every case (its correlations are undefined). CV = out-of-fold cross-validation cases; "
-             "held-out = the alarm config on test images whose labels the pipeline never saw.", ""]  # fmt: skip
-    head = ("| method | " + " | ".join(f"{c} {m}" for c in CLASSES for m in ("MAE", "STD", "P.C.", "S.C.", "triage"))
-            + " |")  # fmt: skip
-    sep = "|---|" + "---:|" * (len(CLASSES) * len(METRICS))
+             "threshold. Second table: ranking the cases by predicted Dice with risk 1 - true Dice (Zenk et al., "
+             "MedIA 2025): AURC = mean selective risk over the coverages, e-AURC = AURC minus that of the optimal "
+             "ranking (0 = perfect), both lower is better. Mean ± sample SD over seeds (pooled: over all runs). "
+             "`constant` predicts the CV cases' mean true Dice for every case (its correlations are undefined; it "
+             "ties every case, a random ranking, so its AURC is the mean risk). CV = out-of-fold cross-validation "
+             "cases; held-out = the alarm config on test images whose labels the pipeline never saw.", ""]  # fmt: skip
+    tables = []
+    for keys in (_IMAGE_LEVEL, _RISK_COVERAGE):
+        head = "| method | " + " | ".join(f"{c} {_METRIC_LABELS[k]}" for c in CLASSES for k in keys) + " |"
+        tables.append((keys, head, "|---|" + "---:|" * (len(CLASSES) * len(keys))))
     for split, title in (("cv", "cross-validation (out-of-fold)"), ("heldout", "held-out test cases")):
         for g, res in study["summary"].items():
             if split not in res:
                 continue
-            lines += [f"## {title}: {g}", "", head, sep]
-            for m, per in res[split].items():
-                lines.append(f"| {m} | " + " | ".join(_pm(per[c][k]) for c in CLASSES for k in METRICS) + " |")
+            lines += [f"## {title}: {g}", ""]
+            for i, (keys, head, sep) in enumerate(tables):
+                lines += ([""] if i else []) + [head, sep]
+                for m, per in res[split].items():
+                    lines.append(f"| {m} | " + " | ".join(_pm(per[c].get(k, {})) for c in CLASSES for k in keys)
+                                 + " |")  # fmt: skip
             ns = {c: res[split][BASELINE][c]["n"]["mean"] if BASELINE in res[split] else float("nan")
                   for c in CLASSES}
             lines += ["", "cases per run: " + ", ".join(f"{c} {_fmt(ns[c], 1)}" for c in CLASSES), ""]
@@ -687,7 +703,7 @@ def render_csv(records: Sequence[Mapping]) -> str:
                 for c in CLASSES:
                     s = per[c]
                     w.writerow([r["setting"], r["seed"], split, m, c, s["n"],
-                                *(f"{s[k]:.4f}" if _finite(s[k]) else "" for k in METRICS)])
+                                *(f"{s[k]:.4f}" if _finite(s.get(k)) else "" for k in METRICS)])
     return buf.getvalue()
 
 

@@ -39,6 +39,31 @@ def test_score_matches_scipy_and_hand_computation():
         assert res[c]["triage_accuracy"] == pytest.approx(100 * np.mean((p < 0.5) == (t < 0.5)))
 
 
+def test_score_aurc_matches_metrics_and_brute_force():
+    from synthcp3d.metrics import aurc, excess_aurc
+
+    rng = np.random.default_rng(3)
+    true = rng.uniform(0, 1, (12, 2))
+    pred = np.clip(true + rng.normal(0, 0.2, true.shape), 0, 1)
+    true[2, 1] = np.nan
+    pred[7, 0] = np.nan
+    res = study.score(pred, true)
+    for k, c in enumerate(study.CLASSES):
+        ok = np.isfinite(pred[:, k]) & np.isfinite(true[:, k])
+        p, risk = pred[ok, k], 1 - true[ok, k]
+        order = np.argsort(-p)
+        brute = np.mean([risk[order[:j]].mean() for j in range(1, ok.sum() + 1)])  # no ties in random data
+        best = np.sort(risk)
+        optimum = np.mean([best[:j].mean() for j in range(1, ok.sum() + 1)])
+        assert res[c]["aurc"] == pytest.approx(100 * brute) == pytest.approx(100 * aurc(p, risk))
+        assert res[c]["eaurc"] == pytest.approx(100 * (brute - optimum)) == pytest.approx(100 * excess_aurc(p, risk))
+    # a perfect ranking (predicted Dice monotone in the true Dice) has e-AURC 0
+    perfect = study.score(true ** 2, true)
+    assert perfect["tumour"]["eaurc"] == pytest.approx(0.0, abs=1e-9)
+    empty = study.score(np.full((2, 2), np.nan), np.full((2, 2), 0.5))
+    assert np.isnan(empty["tumour"]["aurc"]) and np.isnan(empty["pancreas"]["eaurc"])
+
+
 def test_score_triage_by_hand_and_empty_class():
     true = np.array([[0.9, 0.2], [0.4, 0.7], [0.6, 0.1], [0.3, np.nan]])
     pred = np.array([[0.8, 0.6], [0.45, 0.8], [0.4, 0.0], [0.2, 0.3]])
@@ -63,6 +88,11 @@ def test_constant_baseline_is_the_training_mean():
     for value in (0.1, 0.3, 1 / 3, 0.0463):  # the mean of equal floats is not always that float
         const = study.score(np.full((20, 2), value), np.linspace(0, 1, 40).reshape(20, 2))
         assert np.isnan(const["tumour"]["pearson"]) and np.isnan(const["pancreas"]["spearman"])
+    # a constant prediction ties every case: a random ranking, AURC = mean risk = 1 - mean true Dice
+    assert res["pancreas"]["aurc"] == pytest.approx(100 * (1 - true[:, 0].mean()))
+    assert res["tumour"]["aurc"] == pytest.approx(100 * (1 - true[:, 1].mean()))
+    # optimal tumour order: risks 0.4, 0.6, 0.8, 1.0 -> top-k means 0.4, 0.5, 0.6, 0.7, optimal AURC 0.55
+    assert res["tumour"]["eaurc"] == pytest.approx(100 * (0.7 - 0.55))
 
 
 def test_score_split_scores_every_method_and_the_baseline():
@@ -442,7 +472,26 @@ def test_failures_are_recorded_and_the_study_goes_on(tmp_path, monkeypatch, no_t
     rows = list(csv.DictReader((tmp_path / "study.csv").open()))
     assert len(rows) == 2 * (len(study.METHODS) + 1) * len(study.CLASSES)
     assert {r["seed"] for r in rows} == {"1"}
+    assert list(rows[0]) == ["setting", "seed", "split", "method", "class", "n", "mae", "std", "pearson", "spearman",
+                             "triage_accuracy", "aurc", "eaurc"]
+    cv_const = [r for r in rows if r["split"] == "cv" and r["method"] == study.BASELINE]
+    cv_true = study._matrix(json.loads(study.RunPaths(tmp_path / "smoke" / "seed1").alarm_table.read_text()), None)
+    for r in cv_const:  # the constant baseline ties every case: AURC = mean risk
+        k = study.CLASSES.index(r["class"])
+        assert float(r["aurc"]) == pytest.approx(100 * (1 - cv_true[:, k].mean()), abs=1e-4)
+    assert all(r["aurc"] and r["eaurc"] and float(r["eaurc"]) >= 0 for r in rows if r["split"] == "cv")
     md = (tmp_path / "study.md").read_text()
+    tables = [ln for ln in md.splitlines() if ln.startswith("| method |")]
+    assert "| method | pancreas MAE | pancreas STD | pancreas P.C. | pancreas S.C. | pancreas triage | tumour MAE" in md
+    assert "| method | pancreas AURC | pancreas e-AURC | tumour AURC | tumour e-AURC |" in tables
+    assert len(tables) == 2 * 2 * 2  # (Table 2, AURC) x (cv, held-out) x (setting "smoke", pooled)
+    lines = md.splitlines()
+    for i, ln in enumerate(lines):  # every table row has its header's number of cells
+        if ln.startswith("| method |"):
+            j = i + 1
+            while j < len(lines) and lines[j].startswith("|"):
+                assert lines[j].count("|") == ln.count("|"), lines[j]
+                j += 1
     assert "## failures" in md and "boom in crossval.json" in md and "constant" in md
     assert "CPU capability" in md and "precision:" in md and "synthcp3d study --out" in md
     assert doc["summary"]["pooled"]["cv"]["synthcp"]["tumour"]["mae"]["n"] == 1

@@ -1,4 +1,5 @@
-"""Report figures as in-memory PNG bytes: per-case tumour-slice thumbnails and paper-Fig.-6 scatter plots.
+"""Report figures as in-memory PNG bytes: per-case tumour-slice thumbnails, paper-Fig.-6 scatter plots and
+the risk-coverage curves of ranking the cases by the predicted Dice.
 
 Matplotlib is used through :class:`matplotlib.figure.Figure` (Agg canvas, no pyplot state), so rendering
 needs no display and leaves the global backend alone.
@@ -17,12 +18,17 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from synthcp3d.data.io import DataError
 
-__all__ = ["CT_WINDOW", "Thumbnail", "canonical_axial_slice", "render_scatter", "render_thumbnail"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["CT_WINDOW", "Thumbnail", "canonical_axial_slice", "render_risk_coverage", "render_scatter",
+           "render_thumbnail", "risk_coverage_figure"]
 
 CT_WINDOW: tuple[float, float] = (-135.0, 215.0)  # abdominal soft-tissue window: level 40 HU, width 350 HU
 _DPI = 100
@@ -257,3 +263,77 @@ def render_scatter(rows: list[dict], summary: dict, cls: str = "tumour") -> byte
                 ax.legend(fontsize=6, loc="upper left", handletextpad=0.2, borderpad=0.3)
     fig.tight_layout(pad=0.4)
     return _png(fig)
+
+
+_METHOD_COLORS = {"direct_prediction": "tab:blue", "vae_alarm": "tab:orange", "synthcp": "tab:green",
+                  "ensemble": "tab:red"}
+
+
+def render_risk_coverage(rows: list[dict], summary: dict, cls: str = "tumour") -> bytes | None:
+    """Risk-coverage curves of ``cls``: cases accepted by decreasing predicted Dice, selective risk = mean
+    ``1 - true Dice`` of the accepted ones (Zenk et al., MedIA 2025), one curve per method, AURC x100 in the
+    legend (the mean of the plotted values, :func:`synthcp3d.metrics.aurc`).
+
+    References, over the cases with a true Dice that some plotted method predicts: the optimal ranking
+    (by increasing risk) and a random ranking (a horizontal line at the mean risk, what a constant
+    prediction scores). Inside a tie of predicted Dice the curve shows the expected risk over the tie's orders.
+
+    Args:
+        rows: alarm-table rows; a method's curve uses the rows with both its predicted and the true Dice.
+        summary: :func:`~synthcp3d.reports.table2.summarize` output (gives the methods, in order).
+        cls: class to plot.
+
+    Returns:
+        PNG bytes, or ``None`` when no method has a case with both values.
+    """
+    fig = risk_coverage_figure(rows, summary, cls)
+    return None if fig is None else _png(fig)
+
+
+def risk_coverage_figure(rows: list[dict], summary: dict, cls: str = "tumour") -> Figure | None:
+    """The :class:`matplotlib.figure.Figure` that :func:`render_risk_coverage` saves, or ``None``."""
+    from matplotlib.figure import Figure
+
+    from synthcp3d.metrics import aurc, optimal_aurc, risk_coverage_curve
+
+    from .table2 import METHOD_LABELS, _num
+
+    curves = []
+    reference: dict[int, float] = {}  # row index -> risk of the cases some method predicts
+    for m in summary["methods"]:
+        conf, risk = [], []
+        for i, r in enumerate(rows):
+            t = _num((r.get("true") or {}).get(cls))
+            p = _num(((r.get("predicted") or {}).get(m) or {}).get(cls))
+            if t is not None and p is not None:
+                conf.append(p)
+                risk.append(1.0 - t)
+                reference[i] = 1.0 - t
+        if conf:
+            curves.append((m, conf, risk))
+    if not curves:
+        return None
+    ref = np.array(list(reference.values()))
+    fig = Figure(figsize=(4.6, 3.3), dpi=_DPI, facecolor="white")
+    ax = fig.subplots()
+    top = float(ref.max())
+    for m, conf, risk in curves:
+        cov, sel = risk_coverage_curve(conf, risk, per_case=True)
+        top = max(top, float(sel.max()))
+        ax.plot(cov, sel, lw=1.3, marker="o" if cov.size < 30 else None, ms=2.5,
+                color=_METHOD_COLORS.get(m), label=f"{METHOD_LABELS.get(m, m)} (AURC {100 * aurc(conf, risk):.1f}, "
+                f"n = {len(conf)})")
+    cov, sel = risk_coverage_curve(-ref, ref, per_case=True)
+    ax.plot(cov, sel, color="black", lw=1.0, ls="--", label=f"optimal ranking (AURC {100 * optimal_aurc(ref):.1f})")
+    ax.axhline(float(ref.mean()), color="0.45", lw=1.0, ls=":",
+               label=f"random ranking (AURC {100 * ref.mean():.1f})")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(-0.02, min(1.0, top) * 1.05 + 0.02)
+    ax.set_xlabel(f"coverage (fraction of cases accepted, by decreasing predicted {cls} Dice)", fontsize=7)
+    ax.set_ylabel(f"selective risk (mean 1 - true {cls} Dice)", fontsize=7)
+    ax.tick_params(labelsize=7)
+    ax.grid(color="0.92", lw=0.6)
+    ax.legend(fontsize=6, loc="best", handlelength=2.2, borderpad=0.3, framealpha=0.9)
+    ax.set_title(f"Risk-coverage, {cls} (AURC x100, lower is better)", fontsize=8)
+    fig.tight_layout(pad=0.4)
+    return fig

@@ -1,4 +1,5 @@
-"""One self-contained HTML page: Table 2, Fig.-6 scatter plots and per-case rows with thumbnails.
+"""One self-contained HTML page: Table 2 (with AURC / e-AURC), Fig.-6 scatter plots, the tumour risk-coverage
+curves and per-case rows with thumbnails.
 
 Images are embedded as ``data:image/png;base64`` URIs and the only styling is an inline ``<style>``, so
 the page opens offline and can be mailed or archived as one file. All text from the table (case ids,
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
+from . import figures
 from .figures import CT_WINDOW, Thumbnail
 from .table2 import METHOD_LABELS, _interval, _predicted, _true
 
@@ -30,7 +32,8 @@ td.thumb img{display:block;height:120px}.small{font-size:.85em;color:#555}b.best
 
 METHOD_SHORT = {"direct_prediction": "Direct", "vae_alarm": "VAE", "synthcp": "SynthCP", "ensemble": "Ens."}
 _COLUMNS = (("mae", "MAE ↓"), ("std", "STD ↓"), ("pearson", "P.C. ↑"), ("spearman", "S.C. ↑"),
-            ("triage_accuracy", "Triage acc. ↑"))
+            ("triage_accuracy", "Triage acc. ↑"), ("aurc", "AURC ↓"), ("eaurc", "e-AURC ↓"))
+_LOWER_BETTER = frozenset({"mae", "std", "aurc", "eaurc"})
 
 
 @dataclass(frozen=True)
@@ -60,13 +63,13 @@ def _summary_tables(summary: dict) -> str:
         head = "".join(f"<th>{escape(label)}</th>" for _, label in _COLUMNS)
         best = {}
         for key, _ in _COLUMNS:
-            vals = [c[key] for c in cells.values() if c[key] is not None]
+            vals = [c.get(key) for c in cells.values() if c.get(key) is not None]
             if len(vals) > 1:
-                best[key] = min(vals) if key in ("mae", "std") else max(vals)
+                best[key] = min(vals) if key in _LOWER_BETTER else max(vals)
         body = []
         for m, c in cells.items():
             tds = "".join(
-                "<td>—</td>" if c[k] is None else
+                "<td>—</td>" if c.get(k) is None else
                 (f'<td><b class="best">{c[k]:.2f}</b></td>' if best.get(k) == c[k] else f"<td>{c[k]:.2f}</td>")
                 for k, _ in _COLUMNS)
             body.append(f'<tr><td class="l">{escape(METHOD_LABELS.get(m, m))}</td>{tds}<td>{c["n"]}</td></tr>')
@@ -137,15 +140,17 @@ def _case_rows(cases: Sequence[CaseView], methods: Sequence[str], thumbnails: bo
 
 
 def render_html(title: str, summary: dict, cases: Sequence[CaseView], scatter_png: bytes | None,
-                thumbnails: bool = True) -> str:
+                thumbnails: bool = True, risk_coverage: bool = True) -> str:
     """The report page as a string.
 
     Args:
         title: page title (escaped).
         summary: :func:`~synthcp3d.reports.table2.summarize` output.
-        cases: per-case views in display order.
+        cases: per-case views in display order (all rows of the table: the risk-coverage plot uses them).
         scatter_png: Fig.-6 PNG or ``None`` (no case with ground truth).
         thumbnails: include the thumbnail column.
+        risk_coverage: include the tumour risk-coverage plot
+            (:func:`~synthcp3d.reports.figures.render_risk_coverage`, rendered here from ``cases``).
     """
     n_flag = sum(c.flagged for c in cases)
     splits: dict[str, int] = {}
@@ -161,6 +166,19 @@ def render_html(title: str, summary: dict, cases: Sequence[CaseView], scatter_pn
             f'<span class="flag">{n_flag}</span> flagged for review')
     scatter = (_img(scatter_png, "predicted vs true tumour Dice per method") if scatter_png
                else '<p class="note">No case has a true tumour Dice: nothing to plot.</p>')
+    rc_section = ""
+    if risk_coverage:
+        rc_png = figures.render_risk_coverage([c.row for c in cases], summary, "tumour")
+        rc_plot = (_img(rc_png, "risk-coverage curves of the tumour Dice per method") if rc_png
+                   else '<p class="note">No case has a true tumour Dice: nothing to plot.</p>')
+        rc_section = f"""<h2>Risk-coverage: ranking cases by predicted tumour Dice</h2>
+<p class="note">Cases are accepted in order of decreasing predicted Dice; the selective risk at a coverage is the
+mean of 1 - true Dice over the accepted cases. AURC (x100, lower is better) is the mean selective risk over all
+coverages; e-AURC subtracts the AURC of the optimal ranking (by true Dice), so 0 is a perfect ranking. A random
+ranking, or a constant prediction, scores the mean risk (dotted line). Failure-detection benchmark convention of
+Zenk et al., MedIA 2025.</p>
+{rc_plot}
+"""
     methods = summary["methods"]
     legend = (f"Thumbnails: axial slice with the most predicted-or-true tumour voxels, radiological view "
               "(anterior up, patient right on the left, marked R), cropped around the pancreas; "
@@ -179,7 +197,7 @@ def render_html(title: str, summary: dict, cases: Sequence[CaseView], scatter_pn
 {_coverage(summary)}
 <h2>Predicted vs. true tumour Dice (paper Fig. 6)</h2>
 {scatter}
-<h2>Cases (flagged first, then by predicted tumour Dice)</h2>
+{rc_section}<h2>Cases (flagged first, then by predicted tumour Dice)</h2>
 <p class="note">{legend}</p>
 {_case_rows(cases, methods, thumbnails)}
 </body></html>

@@ -1,8 +1,10 @@
-"""Paper Table 2 from an alarm table: MAE / STD / Pearson / Spearman / triage of predicted vs. true Dice.
+"""Paper Table 2 from an alarm table: MAE / STD / Pearson / Spearman / triage of predicted vs. true Dice, plus
+AURC / e-AURC of ranking the cases by the predicted Dice (risk = 1 - true Dice; Zenk et al., MedIA 2025).
 
 Rows follow the alarm-table contract (see :mod:`synthcp3d.reports.writer`): ``row["true"][cls]`` is the
 true Dice or ``None`` (no ground truth, or the class is absent), ``row["predicted"][method][cls]`` the
-predicted Dice of one method. Every number comes from :func:`synthcp3d.metrics.image_level`, in percent.
+predicted Dice of one method. The Table-2 numbers come from :func:`synthcp3d.metrics.image_level`, the
+AURCs from :func:`synthcp3d.metrics.aurc` / :func:`synthcp3d.metrics.excess_aurc`, all in percent.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from synthcp3d.metrics import image_level
+from synthcp3d.metrics import aurc, excess_aurc, image_level
 
-__all__ = ["CLASSES", "METHODS", "METHOD_LABELS", "format_summary", "methods_present", "summarize"]
+__all__ = ["CLASSES", "METHODS", "METHOD_LABELS", "RC_METRICS", "format_summary", "methods_present", "summarize"]
 
 METHODS: tuple[str, ...] = ("direct_prediction", "vae_alarm", "synthcp", "ensemble")
 METHOD_LABELS: dict[str, str] = {
@@ -25,6 +27,7 @@ METHOD_LABELS: dict[str, str] = {
 }
 CLASSES: tuple[str, ...] = ("tumour", "pancreas")
 METRICS: tuple[str, ...] = ("mae", "std", "pearson", "spearman", "triage_accuracy", "triage_bad_recall")
+RC_METRICS: tuple[str, ...] = ("aurc", "eaurc")  # risk-coverage ranking, x100, lower is better
 
 
 def _num(x) -> float | None:
@@ -74,10 +77,12 @@ def summarize(rows: Sequence[dict], classes: Sequence[str] = CLASSES, threshold:
 
     Returns:
         ``{"threshold", "classes", "n_cases", "methods": [...], "table": {cls: {method: {"n", "mae",
-        "std", "pearson", "spearman", "triage_accuracy", "triage_bad_recall"}}}, "coverage": {cls:
-        {"n", "inside", "observed", "stated"}}}``. Metrics are percent from
-        :func:`~synthcp3d.metrics.image_level`; undefined ones (no case, < 2 cases or constant values
-        for correlations) are ``None``. ``observed`` coverage is the fraction of cases with a true Dice and
+        "std", "pearson", "spearman", "triage_accuracy", "triage_bad_recall", "aurc", "eaurc"}}},
+        "coverage": {cls: {"n", "inside", "observed", "stated"}}}``. Metrics are percent from
+        :func:`~synthcp3d.metrics.image_level`; ``aurc`` / ``eaurc`` are x100 AURC and excess AURC of ranking
+        the cell's cases by the predicted Dice with risk 1 - true Dice (lower is better; a constant
+        prediction scores the mean risk, the random ranking); undefined ones (no case, < 2 cases or constant
+        values for correlations) are ``None``. ``observed`` coverage is the fraction of cases with a true Dice and
         an interval whose true Dice lies inside it; ``stated`` the mean of the rows' ``coverage``.
     """
     methods = methods_present(rows)
@@ -89,11 +94,12 @@ def summarize(rows: Sequence[dict], classes: Sequence[str] = CLASSES, threshold:
         for m in methods:
             pairs = [(p, t) for p, t in ((_predicted(r, m, cls), _true(r, cls)) for r in rows)
                      if p is not None and t is not None]
-            cell: dict = {"n": len(pairs), **{k: None for k in METRICS}}
+            cell: dict = {"n": len(pairs), **{k: None for k in (*METRICS, *RC_METRICS)}}
             if pairs:
                 p, t = np.array(pairs, dtype=np.float64).T
                 out = image_level(p, t, threshold=threshold)
                 cell.update({k: _num(out[k]) for k in METRICS})
+                cell.update(aurc=_num(100 * aurc(p, 1.0 - t)), eaurc=_num(100 * excess_aurc(p, 1.0 - t)))
             table[cls][m] = cell
         inside = n = 0
         for r in rows:
@@ -120,12 +126,13 @@ def format_summary(summary: dict) -> str:
         cells = summary["table"][cls]
         n = max((c["n"] for c in cells.values()), default=0)
         lines.append(f"{cls} Dice prediction, {n} of {summary['n_cases']} cases with ground truth "
-                     f"(percent; MAE/STD lower is better, P.C./S.C./triage@{thr:g} higher is better)")
-        head = "".join(f"  {h:>6}" for h in ("MAE", "STD", "P.C.", "S.C.", "Triage"))
+                     f"(percent; MAE/STD/AURC/e-AURC lower is better, P.C./S.C./triage@{thr:g} higher is better)")
+        head = "".join(f"  {h:>6}" for h in ("MAE", "STD", "P.C.", "S.C.", "Triage", "AURC", "e-AURC"))
         lines.append(f"  {'Method':<{width}}{head}  {'n':>4}")
         for m, c in cells.items():
             lines.append(f"  {METHOD_LABELS.get(m, m):<{width}}  {_fmt(c['mae'])}  {_fmt(c['std'])}  "
-                         f"{_fmt(c['pearson'])}  {_fmt(c['spearman'])}  {_fmt(c['triage_accuracy'])}  {c['n']:>4}")
+                         f"{_fmt(c['pearson'])}  {_fmt(c['spearman'])}  {_fmt(c['triage_accuracy'])}  "
+                         f"{_fmt(c.get('aurc'))}  {_fmt(c.get('eaurc'))}  {c['n']:>4}")
         if not cells:
             lines.append("  (no predicted Dice in the table)")
     cov = summary["coverage"]

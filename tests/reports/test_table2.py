@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
+from synthcp3d.metrics import aurc, optimal_aurc
 from synthcp3d.reports.table2 import METHOD_LABELS, format_summary, summarize
 
 from .conftest import METHODS
@@ -28,6 +29,10 @@ def test_summary_matches_independent_computation(rows, threshold):
             assert got["n"] == ref["n"]
             for k in ("mae", "std", "pearson", "spearman", "triage_accuracy"):
                 assert got[k] == pytest.approx(ref[k], abs=1e-9), (cls, m, k)
+            p, t = np.array([(r["predicted"][m][cls], r["true"][cls]) for r in rows if r["true"][cls] is not None]).T
+            assert got["aurc"] == pytest.approx(100 * aurc(p, 1 - t), abs=1e-9)
+            assert got["eaurc"] == pytest.approx(100 * (aurc(p, 1 - t) - optimal_aurc(1 - t)), abs=1e-9)
+            assert got["eaurc"] >= 0
     assert s["table"]["tumour"]["synthcp"]["n"] == len(rows) - 2  # no-tumour case and the 'new' case
     assert s["table"]["pancreas"]["synthcp"]["n"] == len(rows) - 1
 
@@ -57,6 +62,7 @@ def test_missing_methods_and_no_truth(rows):
     empty = summarize([{**r, "true": {"tumour": None, "pancreas": None}} for r in rows])
     cell = empty["table"]["tumour"]["synthcp"]
     assert cell["n"] == 0 and cell["mae"] is None and empty["coverage"]["tumour"]["observed"] is None
+    assert cell["aurc"] is None and cell["eaurc"] is None
     assert "-" in format_summary(empty)
     assert summarize([])["methods"] == [] and "no predicted Dice" in format_summary(summarize([]))
 
@@ -68,3 +74,20 @@ def test_format_summary_shows_numbers(rows):
         assert METHOD_LABELS[m] in text
     assert f"{s['table']['tumour']['ensemble']['mae']:6.2f}" in text
     assert text.index("tumour Dice") < text.index("pancreas Dice") and "Interval coverage (stated 90%)" in text
+
+
+def test_aurc_by_hand_and_constant_prediction():
+    true = [0.7, 0.9, 0.1, 0.5]  # risks 0.3, 0.1, 0.9, 0.5
+    rows = [{"true": {"tumour": t, "pancreas": None},
+             "predicted": {"synthcp": {"tumour": p}, "vae_alarm": {"tumour": 0.4}}}
+            for t, p in zip(true, [0.9, 0.8, 0.7, 0.2], strict=True)]
+    cells = summarize(rows, classes=["tumour"])["table"]["tumour"]
+    # ranked risks 0.3, 0.1, 0.9, 0.5: top-k means 0.3, 0.2, 13/30, 0.45 -> AURC (83/60) / 4 = 83/240;
+    # optimal 0.1, 0.3, 0.5, 0.9 -> 0.1, 0.2, 0.3, 0.45 -> 63/240
+    assert cells["synthcp"]["aurc"] == pytest.approx(100 * 83 / 240)
+    assert cells["synthcp"]["eaurc"] == pytest.approx(100 * 20 / 240)
+    # a constant prediction ties every case: the random ranking, AURC = mean risk = 0.45
+    assert cells["vae_alarm"]["aurc"] == pytest.approx(45.0)
+    assert cells["vae_alarm"]["eaurc"] == pytest.approx(45.0 - 100 * 63 / 240)
+    text = format_summary(summarize(rows, classes=["tumour"]))
+    assert "AURC  e-AURC" in text and f"{100 * 83 / 240:6.2f}  {100 * 20 / 240:6.2f}" in text

@@ -57,7 +57,9 @@ def test_write_report_files(rows, tmp_path):
     assert page.count('<span class="flag">REVIEW</span>') == len(flagged)
     assert f'<span class="flag">{len(flagged)}</span> flagged for review' in page
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == len(rows) + 1  # thumbnails + scatter
+    assert len(images) == len(rows) + 2  # thumbnails + scatter + risk-coverage
+    assert "Risk-coverage: ranking cases by predicted tumour Dice" in page
+    assert "AURC ↓" in page and "e-AURC ↓" in page
     stripped = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
     assert "http" not in stripped and "<link" not in stripped and "<script" not in stripped
     assert "Tumour Dice prediction" in page and "Pancreas Dice prediction" in page
@@ -73,7 +75,7 @@ def test_null_truth_rows_listed_but_not_summarised(rows, tmp_path):
     assert doc["summary"]["table"]["tumour"]["synthcp"]["n"] == len(rows) - 2
     assert len(doc["order"]) == len(rows)
     page = paths["html"].read_text()
-    assert "data:image/png" in page and "Tumour slice" not in page  # scatter only
+    assert page.count("data:image/png") == 2 and "Tumour slice" not in page  # scatter and risk-coverage only
     new = next(r for r in rows if r["split"] == "new")
     assert escape(new["case_id"]) in page
 
