@@ -57,6 +57,7 @@ import numpy as np
 __all__ = [
     "BASELINE",
     "CLASSES",
+    "CONFIDENCE_METHODS",
     "DEFAULT_CASES",
     "DEFAULT_SETTINGS",
     "DEFAULT_TEST_CASES",
@@ -95,7 +96,15 @@ SETTINGS: dict[str, dict] = {
 DEFAULT_SETTINGS: tuple[str, ...] = ("demo", "adult")
 DEFAULT_CASES = 20
 DEFAULT_TEST_CASES = 8
-METHODS: tuple[str, ...] = ("synthcp", "direct_prediction", "vae_alarm", "ensemble")
+# the alarms, then the label-free baselines (synthcp3d.alarms.agreement; Zenk et al., MedIA 2025): the mean pairwise
+# Dice of the final and the fold segmenters (a Dice estimate) and MSP / entropy (confidences, CONFIDENCE_METHODS).
+# The alarm config computes the baselines for the held-out images only: the CV rows carry them as null ("–"), since
+# the fold models are no fair ensemble on the out-of-fold cases (each but the case's own fold trained on it).
+METHODS: tuple[str, ...] = ("synthcp", "direct_prediction", "vae_alarm", "ensemble", "ensemble_agreement", "msp",
+                            "entropy")  # fmt: skip
+CONFIDENCE_METHODS: tuple[str, ...] = ("msp", "entropy")
+"""Methods whose number is a confidence in [0, 1], not a Dice estimate: scored by ranking only (Pearson, Spearman,
+AURC, e-AURC); their MAE, STD and triage accuracy against the true Dice are NaN (undefined, "–")."""
 BASELINE = "constant"
 CLASSES: tuple[str, ...] = ("pancreas", "tumour")
 _IMAGE_LEVEL: tuple[str, ...] = ("mae", "std", "pearson", "spearman", "triage_accuracy")  # metrics.image_level
@@ -182,10 +191,16 @@ def _matrix(rows: Sequence[Mapping], method: str | None) -> np.ndarray:
 
 def score_split(rows: Sequence[Mapping], true: np.ndarray, train_true: np.ndarray, threshold: float = 0.5) -> dict:
     """``{method: per-class score}`` for every method in the rows (known methods first) and the constant
-    baseline (the mean of ``train_true``), against ``true`` (len(rows), 2)."""
+    baseline (the mean of ``train_true``), against ``true`` (len(rows), 2).
+
+    A method that is null in every row (the baselines on CV rows) scores NaN with ``n`` 0. The confidences of
+    :data:`CONFIDENCE_METHODS` (MSP, entropy) are on no Dice scale: only their ranking metrics are kept."""
     found = [m for m in METHODS if any(m in (r.get("predicted") or {}) for r in rows)]
     found += sorted({m for r in rows for m in (r.get("predicted") or {})} - set(found))
     out = {m: score(_matrix(rows, m), true, threshold) for m in found}
+    for m in set(found) & set(CONFIDENCE_METHODS):
+        for per in out[m].values():
+            per.update(mae=float("nan"), std=float("nan"), triage_accuracy=float("nan"))
     out[BASELINE] = score(constant_baseline(train_true, len(rows)), true, threshold)
     return out
 

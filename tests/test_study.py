@@ -502,3 +502,53 @@ def test_run_with_other_settings_is_refused(tmp_path, no_training):
     assert _run(paths.root)["status"] == "ok"
     rec = _run(paths.root, cases=9)
     assert rec["status"] == "failed" and "other settings" in rec["error"]
+
+
+# ------------------------------------------------------------------ baselines: ensemble agreement, MSP, entropy
+BASELINES = ("ensemble_agreement", "msp", "entropy")
+
+
+def test_methods_include_the_baselines_and_confidences_are_scored_by_ranking():
+    assert study.METHODS[-3:] == BASELINES and set(study.CONFIDENCE_METHODS) == {"msp", "entropy"}
+    rows = [{"case_id": f"c{i}", "true": {"pancreas": 0.5 + 0.1 * i, "tumour": 0.1 * i},
+             "predicted": {"msp": {"pancreas": 0.9 + 0.01 * i, "tumour": 0.6 + 0.05 * i},
+                           "ensemble_agreement": {"pancreas": 0.4 + 0.1 * i, "tumour": 0.1 * i + 0.05},
+                           "entropy": {"pancreas": None, "tumour": None}}} for i in range(4)]  # fmt: skip
+    true = study._matrix(rows, None)
+    res = study.score_split(rows, true, true)
+    assert list(res) == [*BASELINES, study.BASELINE]
+    for c in study.CLASSES:  # MSP is no Dice estimate: no MAE / STD / triage, but its ranking is scored
+        assert all(np.isnan(res["msp"][c][k]) for k in ("mae", "std", "triage_accuracy"))
+        assert res["msp"][c]["spearman"] == pytest.approx(100.0) and np.isfinite(res["msp"][c]["aurc"])
+        assert res["msp"][c]["eaurc"] == pytest.approx(0.0)  # ranks the cases as the true Dice does
+    assert res["ensemble_agreement"]["tumour"]["mae"] == pytest.approx(5.0)  # a Dice estimate: all metrics
+    assert res["entropy"]["tumour"]["n"] == 0 and np.isnan(res["entropy"]["tumour"]["aurc"])  # null everywhere
+
+
+def test_baselines_are_scored_on_the_heldout_split_and_dashes_on_cv(tmp_path, no_training):
+    """The CV rows carry the baselines as null (no fair ensemble there): '–' in the CV tables, numbers held-out."""
+    paths, _ = make_fake_run(tmp_path / "smoke" / "seed0")
+    cv_rows = json.loads(paths.alarm_table.read_text())
+    for r in cv_rows:
+        r["predicted"].update({m: {"pancreas": None, "tumour": None} for m in BASELINES})
+    paths.alarm_table.write_text(json.dumps(cv_rows))
+    held = json.loads(paths.heldout_table.read_text())
+    for i, r in enumerate(held):  # distinct values, so that the held-out ranking metrics are defined
+        r["predicted"].update({m: {"pancreas": 0.5 + 0.1 * i, "tumour": 0.2 + 0.3 * i} for m in BASELINES})
+    paths.heldout_table.write_text(json.dumps(held))
+    assert study.run_study(tmp_path, seeds=1, settings=("smoke",), cases=4, test_cases=2, bundle=tmp_path) == 0
+    rec = json.loads((tmp_path / "study.json").read_text())["runs"][0]
+    for m in BASELINES:
+        assert rec["scores"]["cv"][m]["tumour"]["n"] == 0
+        assert rec["scores"]["heldout"][m]["tumour"]["n"] == 2 and rec["scores"]["heldout"][m]["tumour"]["aurc"]
+    assert rec["scores"]["heldout"]["msp"]["tumour"]["mae"] is None  # NaN -> null in study.json
+    assert rec["scores"]["heldout"]["ensemble_agreement"]["tumour"]["mae"] is not None
+    md = (tmp_path / "study.md").read_text()
+    sections = md.split("## ")
+    cv = next(s for s in sections if s.startswith("cross-validation (out-of-fold): smoke"))
+    heldout = next(s for s in sections if s.startswith("held-out test cases: smoke"))
+    for m in BASELINES:
+        cv_lines = [ln for ln in cv.splitlines() if ln.startswith(f"| {m} |")]
+        assert len(cv_lines) == 2 and all(set(ln.split("|")[2:-1]) == {" – "} for ln in cv_lines)
+        held_aurc = [ln for ln in heldout.splitlines() if ln.startswith(f"| {m} |")][1]
+        assert any(cell.strip() != "–" for cell in held_aurc.split("|")[2:-1])

@@ -5,11 +5,15 @@ gathered in one ``models/`` folder (what the ``alarm`` bundle config and the MON
 * :func:`load_alarm_networks` — load them into the bundle's network definitions, with a clear error naming the
   command that produces a missing file.
 * :func:`alarm_new_images` — one alarm-table row per image (``split`` "new"), plus the segmentation, the
-  synthesized volume and the SynthCP error map as NIfTI on the input grid.
+  synthesized volume and the SynthCP error map as NIfTI on the input grid; with the fold segmenters in the models
+  folder, also the ensemble-agreement baseline (the final and the fold models' pairwise Dice,
+  :mod:`~synthcp3d.alarms.agreement`), and MSP / entropy from the segmenter's probabilities.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
 import re
@@ -21,9 +25,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+from synthcp3d.alarms.agreement import foreground_uncertainty, pairwise_dice_agreement
 from synthcp3d.alarms.augment import synthesize_crops
 from synthcp3d.alarms.comparator import predict_comparator
-from synthcp3d.alarms.ensemble import mean_ensemble
+from synthcp3d.alarms.ensemble import weighted_ensemble
 from synthcp3d.alarms.pipeline import error_row, rows_for
 from synthcp3d.alarms.samples import CLASS_NAMES, build_samples, load_index
 from synthcp3d.alarms.vae import predict_dice_regressor, vae_features
@@ -31,8 +36,9 @@ from synthcp3d.data.io import DataError, atomic_write_bytes, atomic_write_text, 
 from synthcp3d.engines.checkpoints import load_weights
 from synthcp3d.engines.precision import Precision, resolve_precision
 
-__all__ = ["MODEL_FILES", "MODELS_LAYOUT", "ON_ERROR", "alarm_new_images", "check_alarm_input", "export_models",
-           "import_predictions", "load_alarm_networks", "pair_predictions"]
+__all__ = ["FOLD_MODEL_GLOB", "MODEL_FILES", "MODELS_LAYOUT", "ON_ERROR", "alarm_new_images", "check_alarm_input",
+           "export_models", "fold_model_files", "import_predictions", "load_alarm_networks",
+           "load_fold_segmenters", "pair_predictions"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -47,17 +53,24 @@ _RUN_FILES: dict[str, str] = {"segmenter.pt": "segmenter/final/models/model.pt",
                               "direct.pt": "alarms/final/direct/models/model.pt",
                               "vae.pt": "alarms/final/vae/models/model.pt",
                               "alarm_models.json": "alarms/alarm_models.json"}  # fmt: skip
+FOLD_MODEL_GLOB = "segmenter_fold_*.pt"
+"""The optional fold segmenters of the models folder, ``segmenter_fold_<k>.pt`` (from
+``segmenter/fold_<k>/models/model.pt`` of the run)."""
+_FOLD_FILE = re.compile(r"segmenter_fold_(\d+)\.pt")
+_RUN_FOLD = re.compile(r"fold_(\d+)")
 _PRODUCED_BY = {"segmenter.pt": "crossval", "generator.pt": "train_spade", "synthcp.pt": "train_comparator",
                 "direct.pt": "train_comparator", "vae.pt": "train_vae", "alarm_models.json": "ensemble"}  # fmt: skip
 
 MODELS_LAYOUT = """\
 <models>/segmenter.pt        Segmenter state dict            (bundle key network_def)
+<models>/segmenter_fold_<k>.pt  fold k's Segmenter, optional    (network_def; the ensemble_agreement baseline)
 <models>/generator.pt        SPADEGenerator                  (spade_def)
 <models>/synthcp.pt          SiameseComparator               (comparator_def)
 <models>/direct.pt           DirectPredictor, optional       (direct_def)
 <models>/vae.pt              ShapeVAE                        (vae_def)
 <models>/alarm_models.json   VAE regressor, conformal quantiles, crop settings, review threshold
-<models>/manifest.json       {"profile", "source", "created", "files"}
+<models>/manifest.json       {"profile", "source", "created", "precision", "files", "fold_models",
+                              "final_from_fold"}
 """
 
 
@@ -72,8 +85,12 @@ def export_models(output_dir: str | Path, models_dir: str | Path, *, profile: st
                   precision: Precision | str | None = "auto") -> dict:  # fmt: skip
     """Copy the final weights of a bundle run (its ``output_dir``) into ``models_dir`` (:data:`MODELS_LAYOUT`).
 
-    Files are written atomically; the Direct Prediction model is optional. ``precision`` (resolved for the CPU
-    unless a :class:`~synthcp3d.engines.precision.Precision` is given) is recorded in the manifest.
+    Files are written atomically; the Direct Prediction model is optional, and so are the fold segmenters
+    ``segmenter/fold_<k>/models/model.pt`` (copied to ``segmenter_fold_<k>.pt`` when present; absent ones are
+    skipped; ``segmenter_fold_*.pt`` files of an earlier export that this run lacks are deleted, so the folder
+    never mixes runs). ``precision`` (resolved for the CPU unless a
+    :class:`~synthcp3d.engines.precision.Precision` is given) is recorded in the manifest, with the exported
+    ``fold_models`` and the run's ``final_from_fold`` (``segmenter/folds.json``; null if absent or unset).
 
     Returns:
         The manifest, also written to ``<models_dir>/manifest.json``.
@@ -91,8 +108,24 @@ def export_models(output_dir: str | Path, models_dir: str | Path, *, profile: st
             raise DataError(path, f"missing: {_hint(name)}")
         atomic_write_bytes(dst / name, path.read_bytes())
         files[name] = rel
+    folds = {}
+    for path in (src / "segmenter").glob("fold_*/models/model.pt"):
+        m = _RUN_FOLD.fullmatch(path.parent.parent.name)
+        if m and path.is_file():
+            folds[int(m.group(1))] = path
+    for k in sorted(folds):
+        name = f"segmenter_fold_{k}.pt"
+        atomic_write_bytes(dst / name, folds[k].read_bytes())
+        files[name] = str(folds[k].relative_to(src))
+    for stale in fold_model_files(dst).values():
+        if stale.name not in files:
+            logger.info("deleting %s: a fold model of an earlier export that %s lacks", stale, src)
+            stale.unlink()
+    split = read_json(src / "segmenter" / "folds.json") if (src / "segmenter" / "folds.json").is_file() else {}
     manifest = {"profile": profile, "source": str(src.resolve()), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "precision": resolve_precision(precision).as_dict(), "files": files}  # fmt: skip
+                "precision": resolve_precision(precision).as_dict(), "files": files,
+                "fold_models": [f"segmenter_fold_{k}.pt" for k in sorted(folds)],
+                "final_from_fold": split.get("final_from_fold")}  # fmt: skip
     atomic_write_text(dst / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
 
@@ -116,6 +149,46 @@ def load_alarm_networks(models_dir: str | Path, networks: Mapping[str, torch.nn.
             continue
         out[role] = load_weights(net, models_dir / name, hint=_hint(name))
     return out
+
+
+def fold_model_files(models_dir: str | Path) -> dict[int, Path]:
+    """``{k: <models_dir>/segmenter_fold_<k>.pt}`` of the fold segmenters present (:data:`FOLD_MODEL_GLOB`), by k."""
+    found = {}
+    for path in Path(models_dir).glob(FOLD_MODEL_GLOB):
+        m = _FOLD_FILE.fullmatch(path.name)
+        if m and path.is_file():
+            found[int(m.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_fold_segmenters(models_dir: str | Path, segmenter: torch.nn.Module) -> dict[int, torch.nn.Module]:
+    """The fold segmenters of ``models_dir`` (:func:`fold_model_files`), each a ``copy.deepcopy`` of
+    ``segmenter``'s architecture with that fold's weights; ``{}`` without fold models.
+
+    A fold model whose file is byte-identical to ``segmenter.pt`` is left out: the run's final model is that fold's
+    (``final_from_fold``), and a model paired with itself would agree perfectly.
+
+    Raises:
+        DataError: a fold's weights do not fit the segmenter's architecture (naming the file).
+    """
+    models_dir = Path(models_dir)
+    final = models_dir / MODEL_FILES["segmenter"]
+    final_digest = _digest(final) if final.is_file() else None
+    nets = {}
+    for k, path in fold_model_files(models_dir).items():
+        if final_digest is not None and _digest(path) == final_digest:
+            logger.info("%s is the final segmenter (final_from_fold): left out of the ensemble", path.name)
+            continue
+        try:
+            nets[k] = load_weights(copy.deepcopy(segmenter), path)
+        except RuntimeError as e:  # load_state_dict: missing / unexpected keys, shape mismatches
+            raise DataError(path, f"does not fit the segmenter's architecture (network_def of the profile the "
+                                  f"models were trained with?): {e}") from None  # fmt: skip
+    return nets
 
 
 OnError = Literal["fail", "skip"]
@@ -204,6 +277,7 @@ def alarm_new_images(
     predictions: Sequence[str | Path] | str | Path | None = None,
     label_map: str | Mapping[int, int] | None = None,
     on_error: OnError = "fail",
+    fold_ensemble: bool = True,
     segment_roi_size: Sequence[int] = (48, 48, 32),
     synth_roi_size: Sequence[int] | None = None,
     amp_dtype: str | None = "auto",
@@ -224,6 +298,16 @@ def alarm_new_images(
     A row's ``status`` is "ok" or "error" (:data:`ON_ERROR`); ``failed_methods`` lists methods that gave no
     number, and the ensemble of a failed member is null with ``review`` True, never the other member alone.
 
+    Baselines (:mod:`~synthcp3d.alarms.agreement`), for a case the segmenter segmented: "msp" and "entropy"
+    (mean max-softmax probability / 1 - normalised entropy of its ``probs.nii.gz`` over the predicted pancreas
+    and tumour; null where that region is predicted empty, which is not a failure) and, when ``models_dir``
+    holds fold segmenters (``segmenter_fold_<k>.pt``, :func:`load_fold_segmenters`) and ``fold_ensemble``,
+    "ensemble_agreement": the mean pairwise Dice of the final and the fold models' segmentations (each fold model
+    segments the image too, into ``<out_dir>/predictions_folds/fold_<k>``: K fold models cost K more
+    segmentations per image, logged). The held-out images never trained any of these models, so the ensemble is
+    fair there (unlike on the CV cases, see :func:`~synthcp3d.alarms.pipeline.rows_for`). For a user's label map
+    the three are null and absent (no probabilities, not our segmenters).
+
     Args:
         images: NIfTI CT volumes (case id = file name without extension) or datalist dicts ``{"image",
             "case_id"?}``.
@@ -233,6 +317,7 @@ def alarm_new_images(
         predictions: label maps from any tool, paired with the images by :func:`pair_predictions`.
         label_map: their values -> trained classes, ``"1:1,2:2,3:0"`` (:func:`~synthcp3d.data.labels.parse_label_map`).
         on_error: "fail" or "skip" (:data:`ON_ERROR`).
+        fold_ensemble: run the fold segmenters of ``models_dir`` for "ensemble_agreement" (False: it is absent).
         segment_roi_size, synth_roi_size: sliding-window sizes of the segmenter and the generator (None: the
             generator synthesizes each volume in one pass).
 
@@ -240,7 +325,8 @@ def alarm_new_images(
         The rows, also written to ``<out_dir>/alarm_table.json``.
 
     Raises:
-        DataError: (``on_error="fail"``) the first case that cannot be judged, naming its file.
+        DataError: (``on_error="fail"``) the first case that cannot be judged, naming its file; a fold model
+            that does not fit the segmenter (any policy).
     """
     from tqdm.auto import tqdm
 
@@ -266,7 +352,16 @@ def alarm_new_images(
             if on_error == "fail":
                 raise
             checked.append(e)
-    nets = {"segmenter": segmenter, "generator": generator, "comparator": comparator, "vae": vae, "direct": direct}
+    nets = {"segmenter": segmenter, "generator": generator, "comparator": comparator, "vae": vae, "direct": direct,
+            "segmenter_folds": {}}  # fmt: skip
+    segmented = [it["case_id"] for it, res in zip(items, checked, strict=True)
+                 if not isinstance(res, DataError) and not res.get("pred")]  # fmt: skip
+    if fold_ensemble and segmenter is not None and segmented:
+        nets["segmenter_folds"] = load_fold_segmenters(models_dir, segmenter)
+        if nets["segmenter_folds"]:
+            logger.info("ensemble_agreement: %d fold segmenters (folds %s) segment each of %d images besides the final "
+                        "model: %d segmentations per image instead of 1", len(nets["segmenter_folds"]),
+                        sorted(nets["segmenter_folds"]), len(segmented), 1 + len(nets["segmenter_folds"]))  # fmt: skip
     run = {"amp_dtype": amp_dtype, "device": device}
     rows = []
     for it, res in tqdm(list(zip(items, checked, strict=True)), desc="alarm", unit="case", disable=not progress):
@@ -320,14 +415,65 @@ def _alarm_case(item: dict, out: Path, cfg: Mapping, nets: Mapping, segment_roi_
         "vae_alarm": predict_dice_regressor(cfg["regressor"], vae_features(nets["vae"],
                                                                            [s["pred_mask"] for s in samples], **run)),
     }  # fmt: skip
-    preds["ensemble"] = mean_ensemble(preds["synthcp"], preds["vae_alarm"])
+    w = cfg.get("ensemble_weight") or {}  # fit out-of-fold by ensemble_alarm_table; older models: the mean
+    preds["ensemble"] = weighted_ensemble(preds["synthcp"], preds["vae_alarm"],
+                                          np.array([w.get(c, 0.5) for c in CLASS_NAMES]))  # fmt: skip
+    undefined_ok: list[str] = []
+    if not item.get("pred"):  # a user's label map has no probabilities and was not segmented by our models
+        baselines, undefined_ok = _baselines(item, rec, out, nets, segment_roi_size, pixdim, hu, run)
+        preds.update(baselines)
     q = np.array([np.inf if cfg["conformal_q"][c] is None else cfg["conformal_q"][c] for c in CLASS_NAMES])
     cases = {s["case_id"]: {"split": "new", "true": None, "paths": s["paths"]} for s in samples}
     row = rows_for(cases, preds, q[None], out / "error_maps", cfg["alpha"], cfg["review_threshold"],
-                   absent=("direct_prediction",) if direct is None else ())[0]  # fmt: skip
+                   absent=("direct_prediction",) if direct is None else (), undefined_ok=undefined_ok)[0]  # fmt: skip
     if item.get("source_pred"):
         row["source_pred"] = item["source_pred"]
     return row
+
+
+def _baselines(item: Mapping, rec: Mapping, out: Path, nets: Mapping, segment_roi_size: Sequence[int],
+               pixdim: Sequence[float], hu: Sequence[float], run: Mapping,
+               ) -> tuple[dict[str, np.ndarray], list[str]]:  # fmt: skip
+    """The baselines of a case the segmenter segmented (``rec``: its :func:`predict_volumes` record):
+    ``({method: (1, 2)}, methods whose NaN is undefined, not failed)``. "ensemble_agreement" is left out (absent)
+    without fold segmenters; a baseline that cannot be computed is NaN (a failed method) with a warning, the
+    SynthCP alarm of the case stands."""
+    from synthcp3d.data.msd import read_volume
+    from synthcp3d.engines.segmentation import predict_volumes
+
+    cid = item["case_id"]
+    nan = np.full((1, len(CLASS_NAMES)), np.nan)
+    preds: dict[str, np.ndarray] = {}
+    undefined: list[str] = []
+    pred = None
+    try:
+        pred = np.asarray(read_volume(rec["pred"])[0])
+        probs = np.moveaxis(np.asarray(read_volume(rec["probs"])[0], np.float32), -1, 0)  # (X, Y, Z, C) -> (C, ...)
+        unc = foreground_uncertainty(probs, pred)
+        preds["msp"], preds["entropy"] = unc["msp"][None], unc["entropy"][None]
+        undefined = ["msp", "entropy"]  # NaN = nothing predicted in the region
+    except Exception as e:  # noqa: BLE001 - a baseline failing leaves the alarm of the case standing
+        logger.warning("case %r: no MSP / entropy (%s: %s)", cid, type(e).__name__, e)
+        preds["msp"], preds["entropy"] = nan, nan
+    folds = nets.get("segmenter_folds") or {}
+    if folds:
+        t0 = time.perf_counter()
+        try:
+            if pred is None:
+                raise ValueError("the final model's segmentation is unreadable")
+            maps = [pred]
+            for k, net in folds.items():
+                fold_rec = predict_volumes(net, [dict(item)], out / "predictions_folds" / f"fold_{k}",
+                                           roi_size=segment_roi_size, pixdim=pixdim, hu_window=hu, progress=False,
+                                           **run)[cid]  # fmt: skip
+                maps.append(np.asarray(read_volume(fold_rec["pred"])[0]))
+            preds["ensemble_agreement"] = pairwise_dice_agreement(maps)[None]
+            logger.info("case %r: ensemble_agreement of the final model and %d fold models (%.1f s)", cid,
+                        len(folds), time.perf_counter() - t0)  # fmt: skip
+        except Exception as e:  # noqa: BLE001
+            logger.warning("case %r: no ensemble_agreement (%s: %s)", cid, type(e).__name__, e)
+            preds["ensemble_agreement"] = nan
+    return preds, undefined
 
 
 def import_predictions(

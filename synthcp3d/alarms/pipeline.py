@@ -36,7 +36,13 @@ import torch
 
 from synthcp3d.alarms.augment import augment_samples, synthesize_crops
 from synthcp3d.alarms.comparator import predict_comparator, train_comparator
-from synthcp3d.alarms.ensemble import conformal_interval, conformal_quantile, mean_ensemble, review_flags
+from synthcp3d.alarms.ensemble import (
+    conformal_interval,
+    conformal_quantile,
+    fit_ensemble_weight,
+    review_flags,
+    weighted_ensemble,
+)
 from synthcp3d.alarms.samples import CLASS_NAMES, build_samples, load_index
 from synthcp3d.alarms.vae import fit_dice_regressor, predict_dice_regressor, train_shape_vae, vae_features
 from synthcp3d.data.io import DataError, atomic_write_text, read_json
@@ -47,7 +53,12 @@ __all__ = ["ALARM_LAYOUT", "METHODS", "ensemble_alarm_table", "error_row", "rows
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("direct_prediction", "vae_alarm", "synthcp", "ensemble")
+# The SynthCP alarms, then the label-free baselines of synthcp3d.alarms.agreement (Zenk et al., MedIA 2025):
+# "ensemble_agreement" (mean pairwise Dice among the final and the fold segmenters), "msp" and "entropy" (mean
+# max-softmax probability / 1 - normalised entropy over the predicted foreground; confidences, not Dice
+# estimates). The baselines are computed for new images only (inference.alarm_new_images); CV and test rows of
+# ensemble_alarm_table carry them as null ("absent", not "failed"), see rows_for.
+METHODS = ("direct_prediction", "vae_alarm", "synthcp", "ensemble", "ensemble_agreement", "msp", "entropy")
 
 ALARM_LAYOUT = """\
 <out>/fold_<k>/{synthcp,direct,vae}/models/   models trained without CV fold k (predict fold k)
@@ -306,14 +317,26 @@ def rows_for(
     alpha: float,
     review_threshold: float,
     absent: Sequence[str] = (),
+    undefined_ok: Sequence[str] = (),
 ) -> list[dict]:
     """Alarm-table rows of ``cases`` (``{case_id: {"split", "true", "paths"}}``, in order) from the per-method
     predictions ``{method: (N, 2)}`` (``"ensemble"`` included) and the per-case conformal quantiles ``q`` (N, 2).
 
-    ``failed_methods`` of a row lists the methods, other than the ``absent`` ones (not run at all, e.g. no
-    Direct Prediction model), that gave no finite number for it."""
+    Every method of :data:`METHODS` is in a row's ``predicted``; a method without an entry in ``preds`` is null
+    there and counts as absent. ``failed_methods`` of a row lists the methods, other than the ``absent`` ones
+    (not run at all, e.g. no Direct Prediction model) and those missing from ``preds``, that gave no finite
+    number for it; for the ``undefined_ok`` ones a NaN is an undefined value, not a failure (MSP / entropy over
+    an empty predicted region).
+
+    The baselines "ensemble_agreement", "msp" and "entropy" are not in the ``preds`` of
+    :func:`ensemble_alarm_table`, so its CV and test rows carry them as null. On the out-of-fold CV cases the
+    fold segmenters are NOT a fair ensemble: every fold model but the case's own was trained on that case, so
+    they would agree on it too well; agreement is computed for new images only
+    (:func:`~synthcp3d.alarms.inference.alarm_new_images`). MSP / entropy from the saved out-of-fold
+    ``probs.nii.gz`` of the CV cases would be fair but are not computed here either."""
     review = review_flags(preds["ensemble"][:, CLASS_NAMES.index("tumour")], review_threshold)
-    required = [m for m in METHODS if m not in absent]
+    required = [m for m in METHODS if m not in absent and m in preds]
+    nulls = {n: None for n in CLASS_NAMES}
     rows = []
     for i, (cid, c) in enumerate(cases.items()):
         err = None if error_dir is None else error_dir / cid / "error_map.nii.gz"
@@ -324,11 +347,12 @@ def rows_for(
             "synth": c["paths"].get("synth"), "error_map": str(err) if err is not None and err.is_file() else None,
             "label": c["paths"].get("label"),
             "true": {n: _num(true[k]) for k, n in enumerate(CLASS_NAMES)},
-            "predicted": {m: {n: _num(preds[m][i, k]) for k, n in enumerate(CLASS_NAMES)} for m in METHODS},
+            "predicted": {m: {n: _num(preds[m][i, k]) for k, n in enumerate(CLASS_NAMES)} if m in preds
+                          else dict(nulls) for m in METHODS},
             "interval": {n: [_num(v) for v in interval[k]] for k, n in enumerate(CLASS_NAMES)},
             "coverage": 1.0 - alpha, "review": bool(review[i]),
             "status": "ok", "error": None,
-            "failed_methods": [m for m in required if not np.isfinite(preds[m][i]).all()],
+            "failed_methods": [m for m in required if m not in undefined_ok and not np.isfinite(preds[m][i]).all()],
         })  # fmt: skip
     return rows
 
@@ -357,7 +381,10 @@ def _matrix(doc: Mapping, ids: Sequence[str], method: str) -> np.ndarray:
 def ensemble_alarm_table(out_dir: str | Path, *, alpha: float = 0.1, review_threshold: float = 0.5) -> list[dict]:
     """Combine the two training stages' predictions into the alarm table.
 
-    Ensemble = mean of SynthCP and VAE-alarm Dice (the paper's "simple ensemble"). Split-conformal intervals:
+    Ensemble = ``w * SynthCP + (1 - w) * VAE alarm`` per class, ``w`` on a grid in [0, 1] fit out-of-fold
+    (:func:`~synthcp3d.alarms.ensemble.fit_ensemble_weight`: a CV case's weight from the other folds' cases,
+    test rows' and new images' from all CV cases; ``ensemble_weight`` in ``alarm_models.json``). The paper's
+    "simple ensemble" is ``w = 0.5``; with ~20 cases one member is often far better. Split-conformal intervals:
     a CV row's quantile uses the ensemble's out-of-fold residuals of the CV cases outside its fold; test rows
     use all CV residuals (coverage >= 1 - alpha for exchangeable cases, per class).
 
@@ -389,9 +416,16 @@ def ensemble_alarm_table(out_dir: str | Path, *, alpha: float = 0.1, review_thre
         raise DataError(out, "train_comparator and train_vae used different folds — re-run both")
     preds = {"synthcp": _matrix(comp, ids, "synthcp"), "direct_prediction": _matrix(comp, ids, "direct_prediction"),
              "vae_alarm": _matrix(vae, ids, "vae_alarm")}  # fmt: skip
-    preds["ensemble"] = mean_ensemble(preds["synthcp"], preds["vae_alarm"])
     is_cv = group >= 0
     true = np.array([[np.nan if v is None else v for v in comp["cases"][c]["true"]] for c in ids], dtype=np.float64)
+    # the members' weight per class, chosen on out-of-fold predictions: for a CV case on the other folds' cases
+    # only, for test and new images on all CV cases
+    w_all = fit_ensemble_weight(preds["synthcp"][is_cv], preds["vae_alarm"][is_cv], true[is_cv])
+    weights = np.tile(w_all, (len(ids), 1))
+    for g in np.unique(group[is_cv]):
+        other = is_cv & (group != g)
+        weights[group == g] = fit_ensemble_weight(preds["synthcp"][other], preds["vae_alarm"][other], true[other])
+    preds["ensemble"] = weighted_ensemble(preds["synthcp"], preds["vae_alarm"], weights)
     residuals = np.abs(preds["ensemble"][is_cv] - true[is_cv])
     q_all = _quantiles(residuals, alpha)
     if not np.isfinite(q_all).all():
@@ -406,6 +440,7 @@ def ensemble_alarm_table(out_dir: str | Path, *, alpha: float = 0.1, review_thre
     settings = {**{k: comp["settings"][k] for k in (*crop_keys, "pred_input")},
                 "regressor": vae["settings"]["regressor"],
                 "conformal_q": {n: _num(q_all[k]) for k, n in enumerate(CLASS_NAMES)}, "alpha": alpha,
+                "ensemble_weight": {n: float(w_all[k]) for k, n in enumerate(CLASS_NAMES)},
                 "review_threshold": review_threshold, "direct": comp["settings"]["direct"],
                 "out_of_fold": comp["settings"]["out_of_fold"], "num_cv": int(is_cv.sum()),
                 "crop_synthesis": bool(comp["settings"].get("crop_synthesis", False))}  # fmt: skip

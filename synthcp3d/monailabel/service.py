@@ -98,7 +98,12 @@ def error_levels(error_map: np.ndarray, edges: Sequence[float] = ERROR_EDGES) ->
 def alarm_summary(row: Mapping, review_threshold: float) -> dict:
     """The client's JSON for one alarm-table row (:mod:`~synthcp3d.alarms.pipeline`): predicted Dice per
     method and class, the ensemble's conformal interval, the review flag and a one-line message. Server-side
-    file paths are left out."""
+    file paths are left out.
+
+    ``predicted`` holds every method of the row, the baselines included: ``ensemble_agreement`` (mean pairwise
+    Dice of the final and the fold segmenters; null without fold models in the models folder), ``msp`` and
+    ``entropy`` (confidences in [0, 1], not Dice; null for a client's label map or an empty predicted region).
+    The message and the review flag rest on the SynthCP + VAE ensemble alone."""
     t = row["predicted"]["ensemble"]["tumour"]
     p = row["predicted"]["ensemble"]["pancreas"]
     lo, hi = row["interval"]["tumour"]

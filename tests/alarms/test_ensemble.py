@@ -56,3 +56,25 @@ def test_dice_regressor_recovers_linear_map_and_clips():
     assert predict_dice_regressor(p, np.array([[5.0, 0, 0]]))[0, 0] == 1.0
     const = fit_dice_regressor(x[:3], np.array([[0.3, np.nan], [np.nan, np.nan], [np.nan, np.nan]]))
     np.testing.assert_allclose(predict_dice_regressor(const, x[:2]), [[0.3, 0.5], [0.3, 0.5]])
+
+
+def test_ensemble_weight_is_the_grid_least_squares_weight():
+    from synthcp3d.alarms.ensemble import fit_ensemble_weight, weighted_ensemble
+
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 1, (30, 2))
+    a = t + rng.normal(0, 0.05, t.shape)  # a good member
+    b = rng.uniform(0, 1, t.shape)  # a useless one
+    w = fit_ensemble_weight(a, b, t)
+    grid = np.linspace(0, 1, 21)
+    for k in range(2):  # brute force over the grid
+        mse = [np.mean((g * a[:, k] + (1 - g) * b[:, k] - t[:, k]) ** 2) for g in grid]
+        assert w[k] == pytest.approx(grid[int(np.argmin(mse))])
+    assert (w > 0.8).all()
+    np.testing.assert_allclose(weighted_ensemble(a, b, w), w * a + (1 - w) * b)
+    np.testing.assert_allclose(weighted_ensemble(a, b, 0.5), mean_ensemble(a, b))
+    # equal members: every weight fits equally, the paper's mean is kept; too few rows: 0.5
+    np.testing.assert_array_equal(fit_ensemble_weight(a, a, t), [0.5, 0.5])
+    t2 = t.copy()
+    t2[1:, 1] = np.nan
+    assert fit_ensemble_weight(a, b, t2)[1] == 0.5

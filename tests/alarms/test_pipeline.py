@@ -47,6 +47,7 @@ def _in01(x):
 
 def test_rows_have_the_contract(table, samples):
     out, rows = table
+    weights = json.loads((out / "alarm_models.json").read_text())["ensemble_weight"]
     assert json.loads((out / "alarm_table.json").read_text()) == rows
     assert [r["split"] for r in rows] == ["cv"] * 8 + ["test"] * 2
     true = {s["case_id"]: s["true"] for s in samples}
@@ -54,10 +55,16 @@ def test_rows_have_the_contract(table, samples):
         assert set(r) == KEYS and r["coverage"] == pytest.approx(0.8) and isinstance(r["review"], bool)
         assert set(r["predicted"]) == set(METHODS)
         for c in ("pancreas", "tumour"):
-            for m in METHODS:
+            for m in METHODS:  # the label-free baselines are computed for new images only
+                if m in ("ensemble_agreement", "msp", "entropy"):
+                    assert r["predicted"][m][c] is None
+                    continue
                 assert isinstance(r["predicted"][m][c], float) and _in01(r["predicted"][m][c])
-            ens = (r["predicted"]["synthcp"][c] + r["predicted"]["vae_alarm"][c]) / 2
-            assert r["predicted"]["ensemble"][c] == pytest.approx(ens)
+            s_, v_ = r["predicted"]["synthcp"][c], r["predicted"]["vae_alarm"][c]
+            assert min(s_, v_) - 1e-9 <= r["predicted"]["ensemble"][c] <= max(s_, v_) + 1e-9  # a convex weight
+            if r["split"] == "test":  # the weight fit on all CV cases, kept for new images
+                w = weights[c]
+                assert r["predicted"]["ensemble"][c] == pytest.approx(w * s_ + (1 - w) * v_)
             lo, hi = r["interval"][c]
             assert 0.0 <= lo <= r["predicted"]["ensemble"][c] <= hi <= 1.0
             want = true[r["case_id"]][("pancreas", "tumour").index(c)]
@@ -411,3 +418,157 @@ def test_alarms_train_on_another_tools_predictions(fake_run, tmp_path):
     rows = ensemble_alarm_table(alarms, alpha=0.2)
     assert sorted(r["case_id"] for r in rows) == ids and all(r["status"] == "ok" for r in rows)
     assert all(r["failed_methods"] == [] for r in rows)  # Direct Prediction absent: not a failure
+
+
+# --------------------------------------------------- baselines: ensemble agreement of the fold models, MSP, entropy
+BASELINES = ("ensemble_agreement", "msp", "entropy")
+
+
+def test_methods_end_with_the_baselines():
+    assert METHODS == ("direct_prediction", "vae_alarm", "synthcp", "ensemble", *BASELINES)
+
+
+def test_cv_and_test_rows_carry_the_baselines_as_absent(table):
+    """No agreement on the out-of-fold CV cases (the fold models trained on them): null, and not a failure."""
+    _, rows = table
+    for r in rows:
+        assert all(r["predicted"][m] == {"pancreas": None, "tumour": None} for m in BASELINES)
+        assert r["failed_methods"] == []
+
+
+def test_rows_for_nulls_missing_methods_and_tolerates_undefined_confidences():
+    from synthcp3d.alarms.pipeline import rows_for
+
+    preds = {"synthcp": np.array([[0.8, 0.4]]), "vae_alarm": np.array([[0.6, 0.2]]),
+             "direct_prediction": np.array([[0.7, 0.3]]), "ensemble": np.array([[0.7, 0.3]]),
+             "msp": np.array([[0.9, np.nan]]), "entropy": np.array([[0.8, np.nan]])}  # fmt: skip
+    cases = {"c": {"split": "new", "true": None, "paths": {"image": "i", "pred": "p"}}}
+    row = rows_for(cases, preds, np.full((1, 2), 0.1), None, 0.1, 0.5, undefined_ok=("msp", "entropy"))[0]
+    assert row["failed_methods"] == []  # an empty predicted tumour: MSP undefined, not failed
+    assert row["predicted"]["msp"] == {"pancreas": pytest.approx(0.9), "tumour": None}
+    assert row["predicted"]["ensemble_agreement"] == {"pancreas": None, "tumour": None}  # not in preds: absent
+    row = rows_for(cases, preds, np.full((1, 2), 0.1), None, 0.1, 0.5)[0]
+    assert row["failed_methods"] == ["msp", "entropy"]  # without undefined_ok a NaN is a failure
+
+
+def _fold_run(tmp_path, final: Path, folds: dict[int, Path | None]) -> Path:
+    """A run folder with the final segmenter and the given fold models (None: a fold without model.pt)."""
+    run = tmp_path / "run"
+    for k, src in folds.items():
+        path = run / "segmenter" / f"fold_{k}" / "models" / "model.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if src is not None:
+            path.write_bytes(Path(src).read_bytes())
+    (run / "segmenter" / "folds.json").write_text(json.dumps({"final_from_fold": 0}))
+    return run
+
+
+def _random_segmenter_file(path: Path, seed: int) -> Path:
+    from synthcp3d.networks import Segmenter
+
+    torch.manual_seed(seed)
+    torch.save(Segmenter(3, 1, 3, backbone="unet", unet_channels=(4, 8), feature_channels=4).state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def fold_models(table, tmp_path):
+    """A models folder with fold 0 = the final segmenter (final_from_fold), folds 2 and 3 of other weights
+    and fold 1 without a model (skipped)."""
+    out, _ = table
+    models, seg, _ = _models_dir(out, tmp_path)
+    run = tmp_path / "run"
+    final = run / "segmenter/final/models/model.pt"
+    other = {k: _random_segmenter_file(tmp_path / f"seg{k}.pt", 10 + k) for k in (2, 3)}
+    _fold_run(tmp_path, final, {0: final, 1: None, 2: other[2], 3: other[3]})
+    (models / "segmenter_fold_7.pt").write_bytes(b"stale")  # of an earlier export: deleted
+    manifest = export_models(run, models, profile="test")
+    return models, manifest
+
+
+def test_export_models_copies_the_fold_segmenters(fold_models):
+    from synthcp3d.alarms.inference import fold_model_files
+
+    models, manifest = fold_models
+    names = ["segmenter_fold_0.pt", "segmenter_fold_2.pt", "segmenter_fold_3.pt"]
+    assert manifest["fold_models"] == names and manifest["final_from_fold"] == 0
+    assert {n: manifest["files"][n] for n in names} == {n: f"segmenter/fold_{n[-4]}/models/model.pt" for n in names}
+    assert list(fold_model_files(models)) == [0, 2, 3]  # no fold 1 (no model.pt), the stale fold 7 deleted
+    assert json.loads((models / "manifest.json").read_text()) == manifest
+    assert (models / "segmenter_fold_0.pt").read_bytes() == (models / "segmenter.pt").read_bytes()
+
+
+def _loaded_nets(models):
+    from synthcp3d.networks import Segmenter, SPADEGenerator
+
+    return load_alarm_networks(models, {"segmenter": Segmenter(3, 1, 3, backbone="unet", unet_channels=(4, 8),
+                                                               feature_channels=4),
+                                        "generator": SPADEGenerator(3, label_nc=3, ngf=4, num_up=2, hidden_channels=8),
+                                        **_nets()})  # fmt: skip
+
+
+def test_alarm_new_images_adds_the_baselines(fold_models, fake_run, tmp_path, caplog):
+    import logging
+
+    from synthcp3d.alarms.agreement import foreground_uncertainty, pairwise_dice_agreement
+
+    models, _ = fold_models
+    nets = _loaded_nets(models)
+    images = sorted((fake_run["root"] / "imagesTs").glob("*.nii.gz"))
+    out = tmp_path / "new"
+    with caplog.at_level(logging.INFO, logger="synthcp3d.alarms.inference"):
+        rows = alarm_new_images(images, out, models_dir=models, **nets, segment_roi_size=(32, 32, 16),
+                                synth_roi_size=(32, 32, 16), progress=False)  # fmt: skip
+    assert "ensemble_agreement: 2 fold segmenters (folds [2, 3])" in caplog.text  # the cost is logged
+    assert "left out of the ensemble" in caplog.text  # fold 0 is the final model
+    assert not (out / "predictions_folds" / "fold_0").exists()
+    for r in rows:
+        assert set(r) == KEYS and r["status"] == "ok" and r["failed_methods"] == []
+        cid = r["case_id"]
+        final = np.asarray(nib.load(r["pred"]).dataobj)
+        folds = [np.asarray(nib.load(out / "predictions_folds" / f"fold_{k}" / cid / "pred.nii.gz").dataobj)
+                 for k in (2, 3)]  # fmt: skip
+        assert all(f.shape == final.shape for f in folds)
+        want = pairwise_dice_agreement([final, *folds])
+        assert [r["predicted"]["ensemble_agreement"][c] for c in ("pancreas", "tumour")] == pytest.approx(want)
+        probs = np.moveaxis(np.asarray(nib.load(out / "predictions" / cid / "probs.nii.gz").dataobj), -1, 0)
+        unc = foreground_uncertainty(probs, final)
+        for m in ("msp", "entropy"):
+            for k, c in enumerate(("pancreas", "tumour")):
+                v = r["predicted"][m][c]
+                assert (v is None) if np.isnan(unc[m][k]) else v == pytest.approx(unc[m][k])
+                assert _in01(v)
+    # the off switch: no fold model runs, agreement absent (not failed), MSP / entropy stay
+    rows = alarm_new_images(images[:1], tmp_path / "off", models_dir=models, **nets, fold_ensemble=False,
+                            segment_roi_size=(32, 32, 16), synth_roi_size=(32, 32, 16), progress=False)  # fmt: skip
+    assert not (tmp_path / "off" / "predictions_folds").exists()
+    assert rows[0]["predicted"]["ensemble_agreement"] == {"pancreas": None, "tumour": None}
+    assert rows[0]["failed_methods"] == []
+
+
+def test_a_user_label_map_has_no_baselines(fold_models, fake_run, tmp_path):
+    models, _ = fold_models
+    nets = _loaded_nets(models)
+    image = _test_image(fake_run)
+    lab = np.zeros(nib.load(image).shape, np.uint8)
+    lab[8:16, 8:16, 4:10] = 1
+    lab[10:13, 10:13, 5:8] = 2
+    user = tmp_path / "user.nii.gz"
+    nib.save(nib.Nifti1Image(lab, nib.load(image).affine), user)
+    rows = alarm_new_images([image], tmp_path / "out", models_dir=models, **nets, predictions=[user],
+                            segment_roi_size=(32, 32, 16), synth_roi_size=(32, 32, 16), progress=False)  # fmt: skip
+    r = rows[0]
+    assert r["status"] == "ok" and r["failed_methods"] == []  # absent, not failed
+    assert all(r["predicted"][m] == {"pancreas": None, "tumour": None} for m in BASELINES)
+    assert not (tmp_path / "out" / "predictions_folds").exists()  # the fold models never ran
+
+
+def test_a_fold_model_of_another_architecture_is_named(fold_models, fake_run, tmp_path):
+    from synthcp3d.networks import Segmenter
+
+    models, _ = fold_models
+    torch.save(Segmenter(3, 1, 3, backbone="unet", unet_channels=(8, 16), feature_channels=4).state_dict(),
+               models / "segmenter_fold_2.pt")  # fmt: skip
+    with pytest.raises(DataError, match="segmenter_fold_2.pt: does not fit the segmenter's architecture"):
+        alarm_new_images([_test_image(fake_run)], tmp_path / "out", models_dir=models, **_loaded_nets(models),
+                         segment_roi_size=(32, 32, 16), synth_roi_size=(32, 32, 16), progress=False)  # fmt: skip

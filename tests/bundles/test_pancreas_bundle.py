@@ -73,8 +73,10 @@ def test_pipeline_configs_in_order(pancreas_roi, tmp_path):
     rows = json.loads((tmp_path / "alarms/alarm_table.json").read_text())
     assert sorted(r["case_id"] for r in rows) == sorted(index)
     methods = {"direct_prediction", "vae_alarm", "synthcp", "ensemble"}
+    baselines = {"ensemble_agreement", "msp", "entropy"}  # label-free baselines: new images only
     for row in rows:
-        assert set(row["predicted"]) == methods
+        assert set(row["predicted"]) == methods | baselines
+        assert all(row["predicted"][m]["tumour"] is None for m in baselines)
         assert all(0.0 <= row["predicted"][m]["tumour"] <= 1.0 for m in methods)
         lo, hi = row["interval"]["tumour"]
         assert 0.0 <= lo <= hi <= 1.0
@@ -83,7 +85,7 @@ def test_pipeline_configs_in_order(pancreas_roi, tmp_path):
     for name in ("report.html", "report.csv", "report.json"):
         assert (tmp_path / "report" / name).is_file()
     report = json.loads((tmp_path / "report/report.json").read_text())
-    assert set(report["summary"]["methods"]) == methods
+    assert set(report["summary"]["methods"]) == methods | baselines
 
     # new images: gather the weights into a models folder, then the alarm config on the test images
     models = tmp_path / "models"

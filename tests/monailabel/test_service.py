@@ -154,3 +154,46 @@ def test_cache_keeps_the_last_results(label_models, phantom_images, monkeypatch)
     finally:
         service.close()
     assert not first["dir"].parent.exists()
+
+
+# ------------------------------------------------------------------ baselines: ensemble agreement, MSP, entropy
+BASELINES = ("ensemble_agreement", "msp", "entropy")
+
+
+def test_summary_passes_the_baselines_through():
+    from synthcp3d.alarms.pipeline import METHODS as ROW_METHODS
+
+    assert ROW_METHODS == (*METHODS, *BASELINES)
+    row = {"case_id": "c1", "coverage": 0.9, "review": False, "status": "ok", "failed_methods": [],
+           "predicted": {**{m: {"pancreas": 0.8, "tumour": 0.61} for m in METHODS},
+                         "ensemble_agreement": {"pancreas": 0.9, "tumour": 0.55},
+                         "msp": {"pancreas": 0.97, "tumour": None}, "entropy": {"pancreas": None, "tumour": None}},
+           "interval": {"pancreas": [0.6, 1.0], "tumour": [0.31, 0.91]}}  # fmt: skip
+    s = alarm_summary(row, 0.5)
+    assert s["predicted"] == row["predicted"] and list(s["predicted"]) == list(ROW_METHODS)
+    assert s["predicted"] is not row["predicted"] and s["predicted"]["msp"] is not row["predicted"]["msp"]  # copies
+    # the message and the review flag rest on the SynthCP + VAE ensemble alone
+    assert s["message"] == "predicted tumour Dice 0.61 (90% interval 0.31-0.91), pancreas 0.80; no review flag"
+
+
+def test_service_reports_the_baselines_of_fold_models(label_models, phantom_images, tmp_path):
+    import shutil
+
+    import torch
+
+    models = tmp_path / "models"
+    shutil.copytree(label_models, models)
+    torch.manual_seed(123)  # a fold segmenter of other (untrained) weights
+    torch.save(bundle_parser(profile="tiny").get_parsed_content("network_def").state_dict(),
+               models / "segmenter_fold_1.pt")  # fmt: skip
+    service = AlarmService(models, device="cpu")
+    try:
+        res = service.alarm(next(iter(phantom_images.values())))
+    finally:
+        service.close()
+    s = res["summary"]
+    assert list(s["predicted"]) == [*METHODS, *BASELINES] and s["failed_methods"] == []
+    agreement = s["predicted"]["ensemble_agreement"]
+    assert all(isinstance(agreement[c], float) and 0.0 <= agreement[c] <= 1.0 for c in ("pancreas", "tumour"))
+    for m in ("msp", "entropy"):  # null where the untrained segmenter predicts an empty region
+        assert all(v is None or 0.0 <= v <= 1.0 for v in s["predicted"][m].values())
