@@ -253,3 +253,33 @@ def test_region_ridge_bad_input():
         net.fit([])
     with pytest.raises(ValueError, match="synthesized"):
         net.features(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 3, 8, 8, 8))
+
+
+def test_region_ridge_compact_features_by_hand():
+    """feature_set='compact': per class the means of x, r, |r| in the region, in its 1-pixel box shell and in the
+    other foreground classes, and log(fraction + 1e-4), against numpy / scipy on a hand-made 2D label map."""
+    from scipy import ndimage
+
+    from synthcp3d.networks import RegionRidgeComparator
+
+    rng = np.random.default_rng(3)
+    lab = np.zeros((12, 12), np.int64)
+    lab[2:9, 2:9] = 1
+    lab[4:6, 5:8] = 2
+    x, xs = rng.normal(size=(12, 12)), rng.normal(size=(12, 12))
+    seg = torch.nn.functional.one_hot(torch.as_tensor(lab), 3).permute(2, 0, 1)[None].float()
+    net = RegionRidgeComparator(2, 1, 3, num_branches=2, shell=1, feature_set="compact")
+    f = net.features(torch.as_tensor(x)[None, None].float(), seg, torch.as_tensor(xs)[None, None].float())[0]
+    assert f.shape == (3, net.num_features) == (3, 10)
+    r = x - xs
+    for c in (1, 2):
+        own = lab == c
+        ring = ndimage.binary_dilation(own, np.ones((3, 3))) & ~own
+        other = (lab >= 1) & ~own
+        want = [v[m].mean() for m in (own, ring) for v in (x, r, np.abs(r))]
+        want += [v[other].mean() for v in (x, r, np.abs(r))] + [np.log(own.mean() + 1e-4)]
+        np.testing.assert_allclose(f[c].numpy(), want, rtol=2e-3, atol=2e-3)  # the 1e-3 guard of the weighted means
+    direct = RegionRidgeComparator(2, 1, 3, num_branches=1, feature_set="compact")
+    assert direct.features(torch.as_tensor(x)[None, None].float(), seg).shape == (1, 3, 4)
+    with pytest.raises(ValueError, match="feature_set"):
+        RegionRidgeComparator(2, 1, 3, feature_set="tiny")
