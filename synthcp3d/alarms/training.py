@@ -3,7 +3,6 @@ resume, TensorBoard scalars, a progress bar, and bf16 autocast steps that skip n
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -11,13 +10,11 @@ import torch
 from ignite.engine import Engine
 from monai import transforms as mt
 from monai.data import DataLoader, Dataset
-from monai.handlers import CheckpointLoader, CheckpointSaver, TensorBoardStatsHandler
+from monai.handlers import TensorBoardStatsHandler
 
-from synthcp3d.engines.checkpoints import latest_checkpoint
+from synthcp3d.engines.checkpoints import run_checkpointed
 
 __all__ = ["finite_step", "flip_loader", "run_iterations"]
-
-logger = logging.getLogger(__name__)
 
 
 def flip_loader(items: Sequence[Mapping], keys: Sequence[str], batch_size: int, flip_prob: float,
@@ -74,35 +71,25 @@ def run_iterations(
     """Run ``step`` up to ``iterations`` total iterations (a total, not an increment).
 
     ``state`` (networks, optimizers) plus the engine is checkpointed to ``out_dir/models`` every
-    ``checkpoint_every`` iterations and at the end or on an exception (``checkpoint_final.pt``); with
-    ``resume`` the newest checkpoint is loaded first and the run continues from its iteration. Scalars of
-    ``step``'s output dict go to TensorBoard (``out_dir/tb``).
+    ``checkpoint_every`` iterations (the newest two kept) and at the end, on Ctrl-C / SIGTERM or on an exception
+    (``checkpoint_final.pt``); with ``resume`` the newest readable checkpoint is loaded first and the run
+    continues from its iteration (see :func:`~synthcp3d.engines.checkpoints.run_checkpointed`: a checkpoint beyond
+    ``iterations`` is an error). Scalars of ``step``'s output dict go to TensorBoard (``out_dir/tb``).
 
     Returns:
         ``(engine, start_iteration)``.
     """
     out_dir = Path(out_dir)
-    model_dir = out_dir / "models"
-    model_dir.mkdir(parents=True, exist_ok=True)
     engine = Engine(step)
-    state = {**state, "engine": engine}
-    CheckpointSaver(save_dir=str(model_dir), save_dict=state, save_final=True, final_filename="checkpoint_final.pt",
-                    epoch_level=False, save_interval=max(1, int(checkpoint_every)),
-                    n_saved=2).attach(engine)  # fmt: skip
     TensorBoardStatsHandler(log_dir=str(out_dir / "tb"), iteration_log=True, epoch_log=False,
                             output_transform=lambda o: o).attach(engine)  # fmt: skip
     if progress:
         from ignite.handlers import ProgressBar
 
         ProgressBar(desc=desc, persist=False).attach(engine, output_transform=lambda o: {"loss": o["loss"]})
-    ckpt = latest_checkpoint(model_dir) if resume else None
-    if ckpt is not None:
-        logger.info("resuming %s from %s", desc, ckpt)
-        CheckpointLoader(load_path=str(ckpt), load_dict=state, map_location="cpu")(engine)
-        engine.state.epoch_length = len(loader)
-    start = int(engine.state.iteration)
-    if start < iterations:
-        engine.run(loader, max_iters=int(iterations), epoch_length=len(loader))
+    start = run_checkpointed(engine, loader, {**state, "engine": engine}, out_dir / "models",
+                             every=max(1, int(checkpoint_every)), max_iterations=int(iterations), resume=resume,
+                             desc=desc)  # fmt: skip
     return engine, start
 
 

@@ -33,8 +33,6 @@ from monai import transforms as mt
 from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import (
-    CheckpointLoader,
-    CheckpointSaver,
     MeanDice,
     StatsHandler,
     TensorBoardStatsHandler,
@@ -46,7 +44,7 @@ from monai.losses import DiceCELoss
 
 from synthcp3d.data.io import atomic_write_text, write_nifti
 from synthcp3d.data.transforms import ct_inference_transforms, ct_train_transforms
-from synthcp3d.engines.checkpoints import latest_checkpoint
+from synthcp3d.engines.checkpoints import run_checkpointed
 from synthcp3d.engines.distributed import distributed_sampler, is_main_process, unwrap, wrap_ddp
 from synthcp3d.engines.inferers import AutocastInferer
 from synthcp3d.engines.precision import resolve_precision
@@ -147,9 +145,11 @@ def train_segmenter(
     ``loss_function(logits, label)`` replaces Dice+CE; ``ignore_index`` marks unlabelled pixels, which are left
     out of the validation Dice (give the loss the same ignore, e.g. :class:`~synthcp3d.losses.DiceCEIgnoreLoss`).
 
-    Checkpoints go to ``out_dir/models`` every epoch (the last two kept) and on exit or interruption
-    (``checkpoint_final_iteration=N.pt``); ``model.pt`` holds the final weights. With ``resume`` the
-    newest checkpoint is loaded first, so training continues from the saved iteration. TensorBoard logs
+    Checkpoints go to ``out_dir/models`` every epoch (the newest two kept, across runs) and at the end, on Ctrl-C /
+    SIGTERM (after the current iteration) or on an exception (``checkpoint_final.pt``); ``model.pt`` holds the
+    final weights. With ``resume`` the newest readable checkpoint is loaded first, so training continues from the
+    saved iteration (more epochs than before train the extra ones; a checkpoint beyond ``max_epochs`` is an error
+    saying how to start fresh; see :func:`~synthcp3d.engines.checkpoints.run_checkpointed`). TensorBoard logs
     go to ``out_dir/tb``. With ``distributed`` (under ``torchrun``, see
     :mod:`synthcp3d.engines.distributed`) the network is wrapped in DDP, crops are sharded across ranks
     and only rank 0 writes checkpoints and logs.
@@ -227,16 +227,11 @@ def train_segmenter(
             trainer, output_transform=from_engine(["loss"], first=True)
         )
     # the trainer's state is in every checkpoint, so a resumed run continues from the saved iteration;
-    # an exception (e.g. Ctrl-C) writes checkpoint_final.pt before the process stops.
-    state = {"network": network, "optimizer": optimizer, "trainer": trainer}
-    if main:
-        CheckpointSaver(save_dir=str(model_dir), save_dict=state, save_interval=1, n_saved=2, save_final=True,
-                        final_filename="checkpoint_final.pt").attach(trainer)  # fmt: skip
-    ckpt = latest_checkpoint(model_dir) if resume else None
-    if ckpt is not None:
-        logger.info("resuming segmenter training from %s", ckpt)
-        CheckpointLoader(load_path=str(ckpt), load_dict=state, map_location=device).attach(trainer)
-    trainer.run()
+    # Ctrl-C / SIGTERM / an exception write checkpoint_final.pt before the process stops.
+    run_checkpointed(trainer, loader, {"network": network, "optimizer": optimizer, "trainer": trainer}, model_dir,
+                     every=1, event="epoch", max_epochs=max_epochs, keep=2, resume=resume, write=main,
+                     map_location=device, interruptible=[evaluator] if evaluator is not None else [],
+                     desc=f"segmenter {out_dir.name}")  # fmt: skip
     if main:
         torch.save(unwrap(network).state_dict(), model_dir / "model.pt")
     best = None if evaluator is None else float(evaluator.state.best_metric)

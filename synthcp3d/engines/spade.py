@@ -33,13 +33,13 @@ import torchio as tio
 from ignite.engine import Engine, Events
 from monai import transforms as mt
 from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor
-from monai.handlers import CheckpointLoader, CheckpointSaver, TensorBoardStatsHandler
+from monai.handlers import TensorBoardStatsHandler
 from monai.inferers import SlidingWindowInferer
 
 from synthcp3d.data.io import read_png, write_nifti, write_png
 from synthcp3d.data.labels import one_hot
 from synthcp3d.data.transforms import ct_inference_transforms, load_resampled, scene_transforms
-from synthcp3d.engines.checkpoints import latest_checkpoint
+from synthcp3d.engines.checkpoints import latest_checkpoint, run_checkpointed
 from synthcp3d.engines.distributed import distributed_sampler, is_main_process, unwrap, wrap_ddp
 from synthcp3d.engines.inferers import AutocastInferer, autocast_context, to_channels_last
 from synthcp3d.engines.precision import flush_denormals, resolve_precision
@@ -316,11 +316,12 @@ def train_spade(
     feature matching, and autocasts only on CUDA (here bf16 autocast runs on the CPU as well).
 
     Checkpoints (generator, discriminator, both optimizers, engine state) go to ``out_dir/models`` every
-    ``checkpoint_every`` iterations and at the end or on an exception (``checkpoint_final.pt``); with
-    ``resume`` the newest is loaded and training continues from its iteration up to ``iterations`` (a
-    total, not an increment). Files: :data:`SPADE_LAYOUT`. With ``distributed`` (under ``torchrun``) both
-    networks are DDP-wrapped, cases are sharded across ranks (a ``loader`` must shard itself, e.g.
-    ``make_scene_loader(distributed=True)``) and only rank 0 writes.
+    ``checkpoint_every`` iterations (the newest two kept, across runs) and at the end, on Ctrl-C / SIGTERM or on
+    an exception (``checkpoint_final.pt``); with ``resume`` the newest readable one is loaded and training
+    continues from its iteration up to ``iterations`` (a total, not an increment; a checkpoint beyond it is an
+    error, see :func:`~synthcp3d.engines.checkpoints.run_checkpointed`). Files: :data:`SPADE_LAYOUT`. With
+    ``distributed`` (under ``torchrun``) both networks are DDP-wrapped, cases are sharded across ranks (a
+    ``loader`` must shard itself, e.g. ``make_scene_loader(distributed=True)``) and only rank 0 writes.
 
     Data: with ``loader=None``, ``train_items`` (CT) become TorchIO patches (:func:`make_patch_queue`, the
     settings ``patch_size`` .. ``queue_length``). Otherwise ``loader`` is iterated instead (``train_items``
@@ -410,9 +411,6 @@ def train_spade(
     state = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d,
              "engine": engine}  # fmt: skip
     if main:
-        # first EXCEPTION_RAISED handler: an interrupted run still leaves checkpoint_final.pt
-        CheckpointSaver(save_dir=str(model_dir), save_dict=state, save_final=True, final_filename="checkpoint_final.pt",
-                        epoch_level=False, save_interval=checkpoint_every, n_saved=2).attach(engine)  # fmt: skip
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(out_dir / "tb"))
@@ -434,16 +432,12 @@ def train_spade(
                 engine, output_transform=lambda o: {"g": o["loss_g"], "d": o["loss_d"]}
             )
 
-    ckpt = latest_checkpoint(model_dir) if resume else None
-    if ckpt is not None:
-        logger.info("resuming SPADE training from %s", ckpt)
-        # loaded now (not on STARTED) so the engine resumes: ignite keeps iteration and raises max_iters below
-        CheckpointLoader(load_path=str(ckpt), load_dict=state, map_location=device)(engine)
-        engine.state.epoch_length = epoch_length
-    start = int(engine.state.iteration)
-    if start < iterations:
-        with flush_denormals(device):
-            engine.run(_forever(loader, sampler), max_iters=iterations, epoch_length=epoch_length)
+    # checkpoints every checkpoint_every iterations and checkpoint_final.pt at the end, on Ctrl-C / SIGTERM or on
+    # an exception; resumed from the newest readable one (asking for no more than is done runs nothing)
+    with flush_denormals(device):
+        start = run_checkpointed(engine, _forever(loader, sampler), state, model_dir, every=checkpoint_every,
+                                 max_iterations=iterations, epoch_length=epoch_length, resume=resume, write=main,
+                                 map_location=device, desc=f"SPADE training {out_dir.name}")  # fmt: skip
     last = dict(engine.state.output) if isinstance(engine.state.output, dict) else {}
     if main:
         torch.save(unwrap(generator).state_dict(), model_dir / "generator.pt")
