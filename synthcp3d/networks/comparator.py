@@ -305,14 +305,16 @@ class RegionRidgeComparator(nn.Module):
     (``num_branches=1``) are the Direct Prediction ablation, so the two differ only in whether the synthesized
     image is compared. :meth:`fit` solves a ridge regression from the standardised features to each class's Dice
     in closed form; the fitted numbers are buffers, so ``state_dict`` save / load works as for the CNN comparators.
-    SynthCP's voxel error map is a logistic function of ``|r|`` (two parameters fit by Newton's method).
+    The voxel error map is a logistic function of ``|r|`` and of the segmentation's own uncertainty
+    ``1 - max_c ŷ_c`` (fit by Newton's method; Direct Prediction: of the uncertainty alone, so its map ranks voxels
+    as MSP does, and SynthCP's beats it only where the residual adds information).
 
     Why: with ~20-30 training cases (x 5 perturbed copies) the CNN comparators did not learn a useful score (demo,
     fp32, 32 CV cases: tumour MAE 36-37 against a Dice spread of median 0.20, Pearson -0.12 / -0.02), while a ridge
     regression on shape features (the VAE alarm) reached a Pearson of 0.60 on the same cases.
 
-    Shapes: ``image``, ``synth`` (B, 1, *S), ``seg`` (B, C, *S) -> ``{"scores": (B, C)`` in [0, 1]
-    (column 0, background, is unused), ``"error_logits": (B, 1, *S)`` (SynthCP only)``}``.
+    Shapes: ``image``, ``synth`` (B, K, *S), ``seg`` (B, C, *S) -> ``{"scores": (B, C)`` in [0, 1]
+    (column 0, background, is unused), ``"error_logits": (B, 1, *S)``}``.
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, num_branches: int = 2,
@@ -335,7 +337,8 @@ class RegionRidgeComparator(nn.Module):
         self.register_buffer("scale", torch.ones(self.num_features))
         self.register_buffer("coef", torch.zeros(num_classes, self.num_features))
         self.register_buffer("intercept", torch.full((num_classes,), 0.5))
-        self.register_buffer("error_ab", torch.tensor([0.0, -4.0]))  # logit = a * |r| + b
+        # error logit = a_r * mean_channels |r| + a_u * (1 - max_c ŷ_c) + b
+        self.register_buffer("error_coef", torch.tensor([0.0, 0.0, -4.0]))
 
     def features(self, image: torch.Tensor, seg: torch.Tensor, synth: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, C, num_features)``. ``"full"``: class c's own statistics, the whole table as context, the volume
@@ -355,13 +358,21 @@ class RegionRidgeComparator(nn.Module):
         frac = seg.flatten(2).mean(-1)  # (B, C)
         return torch.cat([stats, frac[:, None].expand(-1, seg.shape[1], -1)], dim=-1)
 
+    @staticmethod
+    def error_features(image: torch.Tensor, seg: torch.Tensor, synth: torch.Tensor | None) -> torch.Tensor:
+        """(B, 2, *S): the residual magnitude ``mean_k |x_k - x̂_k|`` (0 without ``synth``) and the segmentation's
+        own uncertainty ``1 - max_c ŷ_c`` (0 for a one-hot ŷ), the voxel inputs of the error map."""
+        u = 1.0 - seg.float().amax(1, keepdim=True)
+        r = torch.zeros_like(u) if synth is None else (image.float() - synth.float()).abs().mean(1, keepdim=True)
+        return torch.cat([r, u], 1)
+
     def forward(self, image: torch.Tensor, *rest: torch.Tensor) -> dict[str, torch.Tensor]:
         synth, seg = (rest[0], rest[1]) if self.num_branches == 2 else (None, rest[0])
         f = (self.features(image, seg, synth) - self.mean) / self.scale  # (B, C, F)
-        out = {"scores": ((f * self.coef).sum(-1) + self.intercept).clamp(0.0, 1.0)}
-        if synth is not None:
-            out["error_logits"] = self.error_ab[0] * (image.float() - synth.float()).abs() + self.error_ab[1]
-        return out
+        e = self.error_features(image, seg, synth)
+        w = self.error_coef.to(e.dtype)
+        return {"scores": ((f * self.coef).sum(-1) + self.intercept).clamp(0.0, 1.0),
+                "error_logits": w[0] * e[:, :1] + w[1] * e[:, 1:] + w[2]}
 
     @torch.no_grad()
     def fit(self, samples: list[dict]) -> None:
@@ -379,9 +390,11 @@ class RegionRidgeComparator(nn.Module):
                               None if synth is None else synth[None])  # fmt: skip
             feats.append(f[0].double())
             targets.append(torch.as_tensor(s["target"]).double())
-            if self.num_branches == 2 and s.get("error") is not None:
+            if s.get("error") is not None:
                 keep = torch.ones_like(s["error"], dtype=torch.bool) if s.get("ignore") is None else ~s["ignore"].bool()
-                res.append((s["image"] - synth).abs()[keep].flatten()[::7].double())
+                e = self.error_features(s["image"][None], torch.as_tensor(s["probs"])[None],
+                                        synth[None] if self.num_branches == 2 else None)[0]  # (2, *S)
+                res.append(e[:, keep[0]][:, ::7].double().T)  # (n, 2)
                 errs.append(s["error"][keep].flatten()[::7].double())
         x = torch.stack(feats)  # (N, C, F)
         y = torch.stack(targets).numpy()  # (N, C)
@@ -395,7 +408,13 @@ class RegionRidgeComparator(nn.Module):
             self.coef[c] = torch.as_tensor(params["coef"][0])
             self.intercept[c] = params["intercept"][0]
         if res:
-            self.error_ab.copy_(_logistic_fit(torch.cat(res), torch.cat(errs)).float())
+            x = torch.cat(res)
+            used = x.std(0) > 1e-9  # a constant input (no synth; one-hot ŷ) keeps coefficient 0
+            theta = _logistic_fit(x[:, used], torch.cat(errs))
+            coef = torch.zeros(3, dtype=torch.float64)
+            coef[:2][used] = theta[:-1]
+            coef[2] = theta[-1]
+            self.error_coef.copy_(coef.float())
 
 
 def _compact_features(channels: torch.Tensor, seg: torch.Tensor, shell: int) -> torch.Tensor:
@@ -417,13 +436,17 @@ def _compact_features(channels: torch.Tensor, seg: torch.Tensor, shell: int) -> 
 
 
 def _logistic_fit(x: torch.Tensor, y: torch.Tensor, steps: int = 25, ridge: float = 1e-6) -> torch.Tensor:
-    """``(a, b)`` of ``P(y=1) = sigmoid(a x + b)`` by Newton's method (x, y: 1D float64)."""
-    design = torch.stack([x, torch.ones_like(x)], 1)
+    """``(a_1..a_F, b)`` of ``P(y=1) = sigmoid(x @ a + b)`` by Newton's method (x: (n,) or (n, F), y: (n,)
+    float64)."""
+    x = x[:, None] if x.ndim == 1 else x
+    design = torch.cat([x, torch.ones((len(x), 1), dtype=x.dtype)], 1)
     p0 = y.mean().clamp(1e-4, 1 - 1e-4)
-    theta = torch.tensor([0.0, float(torch.log(p0 / (1 - p0)))], dtype=x.dtype)
+    theta = torch.zeros(design.shape[1], dtype=x.dtype)
+    theta[-1] = float(torch.log(p0 / (1 - p0)))
+    eye = ridge * torch.eye(design.shape[1], dtype=x.dtype)
     for _ in range(steps):
         p = torch.sigmoid(design @ theta)
         grad = design.T @ (p - y)
-        hess = (design * (p * (1 - p))[:, None]).T @ design + ridge * torch.eye(2, dtype=x.dtype)
+        hess = (design * (p * (1 - p))[:, None]).T @ design + eye
         theta = theta - torch.linalg.solve(hess, grad)
     return theta

@@ -219,7 +219,7 @@ def test_region_ridge_matches_sklearn_ridge(dims, branches):
     out = net(*args)
     want = np.clip([Ridge(alpha=3.0).fit(z[:, c], targets[:, c]).predict(z[5:6, c])[0] for c in (1, 2)], 0, 1)
     np.testing.assert_allclose(out["scores"][0, 1:].numpy(), want, atol=1e-4)
-    assert ("error_logits" in out) == (branches == 2)
+    assert out["error_logits"].shape == (1, 1, *s["image"].shape[1:])
     twin = RegionRidgeComparator(dims, 1, 3, num_branches=branches, alpha=3.0)
     twin.load_state_dict(net.state_dict())
     assert torch.equal(twin(*args)["scores"], out["scores"])
@@ -239,8 +239,25 @@ def test_region_ridge_error_map_is_the_logistic_fit_of_the_residual():
     x = torch.cat([(s["image"] - s["synth"]).abs().flatten()[::7] for s in samples]).double().numpy()
     y = torch.cat([s["error"].flatten()[::7] for s in samples]).numpy()
     ref = LogisticRegression(C=1e8, max_iter=1000).fit(x[:, None], y)
-    np.testing.assert_allclose(net.error_ab.numpy(), [ref.coef_[0, 0], ref.intercept_[0]], rtol=2e-2)
-    assert net.error_ab[0] > 0
+    # one-hot ŷ: its uncertainty 1 - max ŷ is 0 everywhere and keeps coefficient 0
+    np.testing.assert_allclose(net.error_coef.numpy(), [ref.coef_[0, 0], 0.0, ref.intercept_[0]], rtol=2e-2)
+    assert net.error_coef[0] > 0
+    # soft ŷ: both voxel inputs, against scikit-learn on the same (|r|, 1 - max ŷ) pairs
+    for s in samples:
+        s["probs"] = torch.softmax(3 * s["probs"] + torch.randn_like(s["probs"]), 0)
+        u = 1 - s["probs"].amax(0, keepdim=True)
+        s["error"] = ((s["error"].bool()) | (u > 0.5)).to(torch.uint8)
+    net.fit(samples)
+    xu = torch.cat([torch.cat([(s["image"] - s["synth"]).abs(), 1 - s["probs"].amax(0, keepdim=True)])
+                    .flatten(1)[:, ::7] for s in samples], 1).double().numpy().T  # fmt: skip
+    y = torch.cat([s["error"].flatten()[::7] for s in samples]).numpy()
+    ref = LogisticRegression(C=1e8, max_iter=2000).fit(xu, y)
+    np.testing.assert_allclose(net.error_coef.numpy(), [*ref.coef_[0], ref.intercept_[0]], rtol=3e-2, atol=1e-2)
+    direct = RegionRidgeComparator(3, 1, 3, num_branches=1)
+    direct.fit(samples)
+    assert direct.error_coef[0] == 0 and direct.error_coef[1] > 0  # uncertainty only: ranks voxels as MSP does
+    out = direct(samples[0]["image"][None], samples[0]["probs"][None])["error_logits"]
+    assert out.shape == (1, 1, *samples[0]["image"].shape[1:])
 
 
 def test_region_ridge_bad_input():
