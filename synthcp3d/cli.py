@@ -276,6 +276,14 @@ def _cmd_study(args: argparse.Namespace) -> int:
                      threshold=args.threshold, rescore=args.rescore, threads=args.threads)  # fmt: skip
 
 
+def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
+    """``--amp-dtype`` and ``--bundle``, shared by the commands that run the pancreas bundle."""
+    parser.add_argument("--amp-dtype", default="auto", type=_amp_dtype,
+                        help="precision: auto (bf16 only where computed natively), float32, bfloat16")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="the pancreas_synthcp bundle folder (default: bundles/pancreas_synthcp of this repo)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``synthcp3d`` argument parser with all subcommands."""
     parser = argparse.ArgumentParser(
@@ -324,11 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", type=_out_dir, default="runs/demo", help="working folder (default runs/demo)")
     demo.add_argument("--seed", type=_seed, default=0)
-    demo.add_argument("--amp-dtype", default="auto", type=_amp_dtype,
-                      help="precision: auto (bf16 only where computed natively), float32, bfloat16")  # fmt: skip
     demo.add_argument("--cases", type=_cv_cases, default=32, help="phantom training cases, >= 4 (default 32)")
-    demo.add_argument("--bundle", type=Path, default=None,
-                      help="the pancreas_synthcp bundle folder (default: bundles/pancreas_synthcp of this repository)")
+    _add_bundle_options(demo)
     demo.set_defaults(func=_cmd_demo)
 
     al = sub.add_parser(
@@ -355,10 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--override", type=_override(_ALARM_RESERVED, "synthcp3d alarm's options"), action="append",
                     default=[], metavar="KEY=VALUE",
                     help="bundle setting the models were trained with, VALUE as JSON (repeatable)")
-    al.add_argument("--amp-dtype", default="auto", type=_amp_dtype,
-                    help="precision: auto (bf16 only where computed natively), float32, bfloat16")
-    al.add_argument("--bundle", type=Path, default=None,
-                    help="the pancreas_synthcp bundle folder (default: bundles/pancreas_synthcp of this repository)")
+    _add_bundle_options(al)
     al.set_defaults(func=_cmd_alarm)
 
     imp = sub.add_parser(
@@ -412,11 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"training (cross-validation) cases per run, >= 4 (default {DEFAULT_CASES})")
     st.add_argument("--test-cases", type=_positive_int, default=DEFAULT_TEST_CASES,
                     help=f"held-out test cases per run (default {DEFAULT_TEST_CASES})")
-    st.add_argument("--amp-dtype", default="auto", type=_amp_dtype,
-                    help="precision: auto (bf16 only where computed natively), float32, bfloat16")  # fmt: skip
     st.add_argument("--profile", type=_study_profile, default="tiny", help="bundle profile (default tiny)")
-    st.add_argument("--bundle", type=Path, default=None,
-                    help="the pancreas_synthcp bundle folder (default: bundles/pancreas_synthcp of this repository)")
+    _add_bundle_options(st)
     st.add_argument("--override", type=_override(RESERVED_OVERRIDES, "the study itself"), action="append", default=[],
                     metavar="KEY=VALUE",
                     help="bundle setting for every config, VALUE as JSON (repeatable; e.g. segmenter#max_epochs=4)")
