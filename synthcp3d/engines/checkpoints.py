@@ -15,9 +15,19 @@ and epoch checkpoint) finish, then ``checkpoint_final.pt`` is written and :class
 the engine state, a checkpoint holds the random generators' states (torch, NumPy, Python, the loader's shuffling
 generator and the MONAI transforms' generators of its dataset) and a resumed run replays the current epoch's loader
 up to the saved iteration, so a run that is interrupted and resumed gives the same weights as one that is not
-(exceptions: a second signal or an error that cut an iteration short, distributed runs, and loaders that are
-one-off iterators such as the SPADE patch stream, which continue with a fresh data order). The random states sit
-in the engine's entry (``"rng"``); resuming sets the process's global generators to them.
+(exceptions: a second signal or an error that cut an iteration short, distributed runs, and one-off iterators run
+without ``replay_from_start``, which continue with a fresh data order). The random states sit in the engine's entry
+(``"rng"``); resuming sets the process's global generators to them.
+
+A one-off iterator (e.g. SPADE's endless patch stream) cannot be rewound to its place, so ``replay_from_start``
+makes it reproducible instead: the stream draws from generators of its own (torch's, NumPy's and Python's global
+generators hold the stream's states while it makes a batch, the training's otherwise; the stream's are seeded from
+one draw of each at the start of a run, and saved as ``rng["stream"]`` together with the states of the data's own
+generators at that start). A resumed run restores those start states and draws and discards the batches already
+trained on (iteration count x 1, logged as ``replaying N batches of the data stream``) from the fresh iterator it
+is given, then continues the training's random streams: its batches and weights are those of an uninterrupted run.
+DataLoader workers are covered (their seeds derive from the stream's torch generator when an iterator over the
+loader is made); out-of-order delivery (``DataLoader(in_order=False)``) is not: do not use the option there.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import re
 import shutil
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -140,9 +151,20 @@ class _RandomStates:
         _transform_states(getattr(getattr(data, "dataset", None), "transform", None), found, set())
         self.transforms = list(found.values())
 
+    @staticmethod
+    def capture_global() -> dict:
+        """torch's (CPU), NumPy's and Python's global generators."""
+        return {"torch": torch.get_rng_state(), "numpy": _np_state(np.random.get_state()),  # noqa: NPY002 (global)
+                "python": random.getstate()}  # fmt: skip
+
+    @staticmethod
+    def restore_global(snap: Mapping) -> None:
+        torch.set_rng_state(snap["torch"].cpu())
+        np.random.set_state(_np_tuple(snap["numpy"]))  # noqa: NPY002 (the global generator is what is restored)
+        random.setstate(tuple(tuple(s) if isinstance(s, list) else s for s in snap["python"]))
+
     def capture(self) -> dict:
-        snap = {"torch": torch.get_rng_state(), "numpy": _np_state(np.random.get_state()),  # noqa: NPY002 (global)
-                "python": random.getstate(), "generators": [g.get_state() for g in self.generators],
+        snap = {**self.capture_global(), "generators": [g.get_state() for g in self.generators],
                 "transforms": [_np_state(r.get_state()) for r in self.transforms]}  # fmt: skip
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             snap["cuda"] = torch.cuda.get_rng_state_all()
@@ -154,9 +176,7 @@ class _RandomStates:
             warnings.warn("the checkpoint's random generators do not match this data loader (was it changed?): "
                           "only the global generators are restored", RuntimeWarning, stacklevel=2)  # fmt: skip
             gens, tfs = [], []
-        torch.set_rng_state(snap["torch"].cpu())
-        np.random.set_state(_np_tuple(snap["numpy"]))  # noqa: NPY002 (the global generator is what is restored)
-        random.setstate(tuple(tuple(s) if isinstance(s, list) else s for s in snap["python"]))
+        self.restore_global(snap)
         if "cuda" in snap and torch.cuda.is_available() and len(snap["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in snap["cuda"]])
         for g, s in zip(self.generators, gens, strict=False):
@@ -212,6 +232,46 @@ class _EpochData:
         return it
 
 
+class _Stream:
+    """A one-off data iterator with random generators of its own (``replay_from_start``): while it makes a batch,
+    torch's (CPU), NumPy's and Python's global generators hold the stream's states, otherwise the training's, so
+    its batches do not depend on what the training draws and replaying it from its start states repeats them."""
+
+    def __init__(self, data: Iterator) -> None:
+        self.data, self.own = data, _RandomStates(data)  # own: the data's shuffling / transform generators
+        self.start: dict | None = None  # the stream's states at its start (saved in checkpoints)
+        self.states: dict | None = None  # the stream's global states between batches
+
+    def begin(self, start: Mapping | None = None) -> None:
+        """Start the stream at ``start`` (a checkpoint's), or at new states seeded from one draw of each global
+        generator (the data's own generators as they are)."""
+        if start is None:
+            seeds = (int(torch.empty((), dtype=torch.int64).random_()),
+                     int(np.random.randint(2**32, dtype=np.uint64)), random.getrandbits(64))  # noqa: NPY002 # fmt: skip
+            start = {"torch": torch.Generator().manual_seed(seeds[0]).get_state(),
+                     "numpy": _np_state(np.random.RandomState(seeds[1]).get_state()),
+                     "python": random.Random(seeds[2]).getstate(),  # noqa: S311 (not cryptographic)
+                     "generators": [g.get_state() for g in self.own.generators],
+                     "transforms": [_np_state(r.get_state()) for r in self.own.transforms]}  # fmt: skip
+        else:
+            outer = self.own.capture_global()
+            self.own.restore(start)  # the data's own generators (the global ones are put back below)
+            self.own.restore_global(outer)
+        self.start, self.states = dict(start), dict(start)
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def __next__(self) -> Any:
+        outer = self.own.capture_global()
+        self.own.restore_global(self.states)
+        try:
+            return next(self.data)
+        finally:
+            self.states = self.own.capture_global()
+            self.own.restore_global(outer)
+
+
 # ------------------------------------------------------------------------------------------ the checkpointed run
 def _length(data: Iterable) -> int | None:
     try:
@@ -224,8 +284,8 @@ class _Run:
     """State of one :func:`run_checkpointed` call (handlers, signal flag, random-generator snapshots)."""
 
     def __init__(self, engine: Engine, data: Iterable, state: Mapping[str, Any], model_dir: Path, *, every: int,
-                 event: str, epoch_length: int, keep: int, write: bool, map_location: Any,
-                 desc: str) -> None:  # fmt: skip
+                 event: str, epoch_length: int, keep: int, write: bool, map_location: Any, desc: str,
+                 replay_from_start: bool = False) -> None:  # fmt: skip
         self.engine, self.model_dir, self.every, self.event = engine, model_dir, max(1, int(every)), event
         self.keep, self.write, self.map_location, self.desc = keep, write, map_location, desc
         self.state = dict(state)
@@ -235,10 +295,12 @@ class _Run:
         import torch.distributed as dist
 
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        self.rng = _RandomStates(data)
+        # a stream's own generators are its (_Stream), the training's are the global ones
+        self.stream = _Stream(data) if replay_from_start else None  # type: ignore[arg-type]
+        self.rng = _RandomStates(None if self.stream else data)  # type: ignore[arg-type]
         # an epoch can be replayed if it is one pass over re-iterable data (not a one-off iterator / partial pass)
-        self.replayable = not isinstance(data, Iterator) and _length(data) == epoch_length
-        self.data = _EpochData(data, self) if self.replayable else data
+        self.replayable = self.stream is None and not isinstance(data, Iterator) and _length(data) == epoch_length
+        self.data = self.stream or (_EpochData(data, self) if self.replayable else data)
         self.rng_now: dict | None = None
         self.rng_epoch: dict | None = None
         self.replay: tuple | None = None
@@ -249,7 +311,10 @@ class _Run:
     def save(self, name: str) -> Path:
         path = self.model_dir / name
         out = {k: obj.state_dict() for k, obj in self.state.items()}
-        out[self.engine_key] = {**out[self.engine_key], "rng": {"now": self.rng_now, "epoch": self.rng_epoch}}
+        rng = {"now": self.rng_now, "epoch": self.rng_epoch}
+        if self.stream is not None:
+            rng["stream"] = self.stream.start
+        out[self.engine_key] = {**out[self.engine_key], "rng": rng}
         tmp = path.with_name(f".{name}.tmp")
         torch.save(out, tmp)
         os.replace(tmp, path)  # atomic: a kill while writing leaves the previous file intact
@@ -310,6 +375,8 @@ class _Run:
 
     def restore_rng(self, rng: Mapping | None) -> None:
         """Continue the saved random streams (single process only: ranks would all get rank 0's)."""
+        if self.stream is not None:
+            self.start_stream(rng)
         if rng is None or rng.get("now") is None or self.world > 1:
             return
         self.rng_epoch = rng.get("epoch")
@@ -319,6 +386,28 @@ class _Run:
         else:
             self.rng.restore(rng["now"])
         self.rng_now = rng["now"]
+
+    def start_stream(self, rng: Mapping | None) -> None:
+        """Start the data stream: fresh, or (resumed) at the checkpoint's stream start, replayed up to the saved
+        iteration."""
+        assert self.stream is not None
+        done = self.completed  # the resumed iteration (0 for a fresh run)
+        start = rng.get("stream") if rng is not None and self.world == 1 else None
+        if done and start is None:
+            why = ("a distributed run" if self.world > 1 else "the checkpoint holds no data-stream state" if rng
+                   else "the checkpoint's random states do not fit")  # fmt: skip
+            warnings.warn(f"{self.desc}: {why}: the data stream is not replayed, the resumed run sees a fresh data "
+                          "order", RuntimeWarning, stacklevel=3)  # fmt: skip
+            done = 0
+        self.stream.begin(start)
+        if not done:
+            return
+        logger.info("%s: replaying %d batches of the data stream (the batches trained on before the checkpoint)",
+                    self.desc, done)  # fmt: skip
+        t0 = time.perf_counter()
+        for _ in range(done):
+            next(self.stream)
+        logger.info("%s: replayed %d batches of the data stream in %.1f s", self.desc, done, time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ handlers
     def on_signal(self, signum: int, frame: Any) -> None:
@@ -412,6 +501,7 @@ def run_checkpointed(
     map_location: str | torch.device = "cpu",
     interruptible: Sequence[Engine] = (),
     desc: str = "training",
+    replay_from_start: bool = False,
 ) -> int:
     """Run ``engine`` over ``data`` to ``max_epochs`` (or ``max_iterations``, a total) with checkpoints and resume.
 
@@ -433,6 +523,10 @@ def run_checkpointed(
         write: whether this process writes files (False on all but the main rank of a distributed run).
         interruptible: further engines (e.g. the validation evaluator) whose iterations also honour a stop request.
         desc: the run's name in logs.
+        replay_from_start: ``data`` is a fresh, endless iterator (made anew by each call) whose batches depend
+            only on how it was made and on the random generators: it draws from its own random streams and a
+            resumed run replays it from its start to the saved iteration (see the module docstring). Without it a
+            resumed one-off iterator just continues with a fresh data order.
 
     Returns:
         The iteration the run started from (0 for a fresh run).
@@ -448,6 +542,8 @@ def run_checkpointed(
     is_workflow = isinstance(engine, Workflow)
     if is_workflow and max_iterations is not None:
         raise ValueError("a MONAI Workflow runs max_epochs")
+    if replay_from_start and not isinstance(data, Iterator):
+        raise ValueError("replay_from_start needs a one-off iterator (re-iterable data replays its epoch anyway)")
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     length = epoch_length if epoch_length is not None else _length(data)
@@ -457,7 +553,7 @@ def run_checkpointed(
     total = int(max_iterations) if max_iterations is not None else int(max_epochs) * length
     limit = f"max_iterations={max_iterations}" if max_iterations is not None else f"max_epochs={max_epochs}"
     run = _Run(engine, data, state, model_dir, every=every, event=event, epoch_length=length, keep=keep, write=write,
-               map_location=map_location, desc=desc)  # fmt: skip
+               map_location=map_location, desc=desc, replay_from_start=replay_from_start)  # fmt: skip
     path, rng = run.resume(total, length, limit) if resume else (None, None)
     start = run.completed = int(engine.state.iteration) if path is not None else 0
     if start >= total:

@@ -173,6 +173,32 @@ def _forever(loader: Iterable, sampler) -> Iterator:
         epoch += 1
 
 
+class _Forever:
+    """The endless batch stream :func:`_forever` that also shows ``run_checkpointed`` the loader's own random
+    generators (its shuffling ``generator``, its ``dataset``'s MONAI transforms) to save and replay with it."""
+
+    def __init__(self, loader: Iterable, sampler) -> None:
+        self.generator = getattr(loader, "generator", None)
+        self.dataset = getattr(loader, "dataset", None)
+        self._batches = _forever(loader, sampler)
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def __next__(self):
+        return next(self._batches)
+
+
+def _replayable(loader: Iterable) -> bool:
+    """Whether the stream over ``loader`` can be replayed exactly: not if DataLoader workers deliver batches in
+    the order they finish (``in_order=False``); then a warning, and a resume continues with a fresh data order."""
+    if getattr(loader, "num_workers", 0) and getattr(loader, "in_order", True) is False:
+        logger.warning("the SPADE loader's workers deliver batches out of order (in_order=False): an interrupted "
+                       "run resumes with a fresh data order, not the uninterrupted run's")  # fmt: skip
+        return False
+    return True
+
+
 def _finite_step(opt: torch.optim.Optimizer) -> bool:
     """``opt.step()`` unless some gradient is non-finite (then the grads are dropped and False returned).
 
@@ -319,7 +345,12 @@ def train_spade(
     ``checkpoint_every`` iterations (the newest two kept, across runs) and at the end, on Ctrl-C / SIGTERM or on
     an exception (``checkpoint_final.pt``); with ``resume`` the newest readable one is loaded and training
     continues from its iteration up to ``iterations`` (a total, not an increment; a checkpoint beyond it is an
-    error, see :func:`~synthcp3d.engines.checkpoints.run_checkpointed`). Files: :data:`SPADE_LAYOUT`. With
+    error, see :func:`~synthcp3d.engines.checkpoints.run_checkpointed`). The batch stream has random generators
+    of its own (saved at its start) and a resumed run first replays it up to the saved iteration (logged:
+    ``replaying N batches of the data stream``; patch sampling / loading only, no network), so a run that is
+    interrupted and resumed ends with the same weights as one that is not (single process; not with a loader whose
+    workers deliver out of order, ``in_order=False``: a warning, and a fresh data order). Files:
+    :data:`SPADE_LAYOUT`. With
     ``distributed`` (under ``torchrun``) both networks are DDP-wrapped, cases are sharded across ranks (a
     ``loader`` must shard itself, e.g. ``make_scene_loader(distributed=True)``) and only rank 0 writes.
 
@@ -433,11 +464,13 @@ def train_spade(
             )
 
     # checkpoints every checkpoint_every iterations and checkpoint_final.pt at the end, on Ctrl-C / SIGTERM or on
-    # an exception; resumed from the newest readable one (asking for no more than is done runs nothing)
+    # an exception; resumed from the newest readable one (asking for no more than is done runs nothing) with the
+    # batch stream replayed from its start to the saved iteration, so the resumed run sees the same batches
     with flush_denormals(device):
-        start = run_checkpointed(engine, _forever(loader, sampler), state, model_dir, every=checkpoint_every,
+        start = run_checkpointed(engine, _Forever(loader, sampler), state, model_dir, every=checkpoint_every,
                                  max_iterations=iterations, epoch_length=epoch_length, resume=resume, write=main,
-                                 map_location=device, desc=f"SPADE training {out_dir.name}")  # fmt: skip
+                                 map_location=device, desc=f"SPADE training {out_dir.name}",
+                                 replay_from_start=_replayable(loader))  # fmt: skip
     last = dict(engine.state.output) if isinstance(engine.state.output, dict) else {}
     if main:
         torch.save(unwrap(generator).state_dict(), model_dir / "generator.pt")

@@ -1,9 +1,11 @@
 """run_checkpointed on a tiny ignite loop (milliseconds per run): resume after an error or a signal equals the
 uninterrupted run, unreadable checkpoints are skipped, old checkpoints are pruned across runs, the resume log
-names the real epoch and iteration, and fewer / more epochs than before either fail with advice or train on."""
+names the real epoch and iteration, and fewer / more epochs than before either fail with advice or train on; a
+one-off endless iterator with ``replay_from_start`` is replayed from its start and resumes exactly too."""
 
 import logging
 import os
+import shutil
 import signal
 
 import pytest
@@ -175,3 +177,52 @@ def test_signal_in_the_last_iteration_completes_the_run_and_still_stops_the_call
         tiny.run(tmp_path, max_iterations=8)  # iteration 8 ends epoch 2 and the run
     assert _iteration(tmp_path / FINAL_CHECKPOINT) == 8
     assert Tiny().run(tmp_path, max_iterations=8) == 8  # nothing left to train
+
+
+class Endless:
+    """An endless one-off iterator over a loader (as SPADE's patch stream), showing the loader's generators."""
+
+    def __init__(self, loader) -> None:
+        self.generator, self.dataset = loader.generator, loader.dataset
+        self.batches = (batch for _ in iter(int, 1) for batch in loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.batches)
+
+
+def _stream_run(tiny: Tiny, model_dir, replay_from_start: bool = True) -> int:
+    # no generator of its own: the loader's shuffling draws from torch's global generator, as dropout does
+    loader = DataLoader(tiny.loader.dataset, batch_size=2, shuffle=True)
+    return run_checkpointed(tiny.engine, Endless(loader), {"net": tiny.net, "opt": tiny.opt}, model_dir, every=1,
+                            max_iterations=10, epoch_length=EPOCH, desc="tiny",
+                            replay_from_start=replay_from_start)  # fmt: skip
+
+
+@pytest.mark.parametrize("stop", ["error", "signal"])
+def test_replay_from_start_resumes_a_one_off_stream_exactly(tmp_path, caplog, stop):
+    straight = Tiny()
+    _stream_run(straight, tmp_path / "straight")
+    tiny = Tiny(fail_at=7) if stop == "error" else Tiny(signal_at=(6, signal.SIGINT))
+    with pytest.raises(RuntimeError if stop == "error" else TrainingInterrupted):
+        _stream_run(tiny, tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / FINAL_CHECKPOINT, weights_only=True)
+    assert ckpt["engine"]["iteration"] == 6 and ckpt["engine"]["rng"]["stream"] is not None
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    again = Tiny()
+    with caplog.at_level(logging.INFO, logger="synthcp3d.engines.checkpoints"):
+        assert _stream_run(again, tmp_path / "run") == 6  # replays 6 batches (past an epoch's end), trains 4
+    assert "tiny: replaying 6 batches of the data stream (the batches trained on before the checkpoint)" in \
+        caplog.messages  # fmt: skip
+    assert again.engine.state.iteration == 10 and _equal(again.net, straight.net)
+    unreplayed = Tiny()  # the same resume without the replay (a fresh stream) does not reach those weights
+    with pytest.warns(RuntimeWarning, match="do not match this data loader"):  # its transforms are the stream's
+        assert _stream_run(unreplayed, tmp_path / "copy", replay_from_start=False) == 6
+    assert not _equal(unreplayed.net, straight.net)
+
+
+def test_replay_from_start_needs_an_iterator(tmp_path):
+    with pytest.raises(ValueError, match="replay_from_start needs a one-off iterator"):
+        Tiny().run(tmp_path, replay_from_start=True)

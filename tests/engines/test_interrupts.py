@@ -3,13 +3,17 @@ resuming it gives the same weights as a run that was never interrupted.
 
 * shape-VAE trainer (the generic loop of ``alarms/training.py``) in a real subprocess, signalled from here;
 * segmenter trainer (MONAI ``SupervisedTrainer``, whose ``StatsHandler`` used to re-raise before the checkpoint
-  handler ran) signalled by its own loss function, in this process.
+  handler ran) signalled by its own loss function, in this process;
+* SPADE trainer (an endless TorchIO patch stream, not epochs of a loader) signalled by its generator's forward
+  pass, in this process.
 
 The comparisons are exact (``torch.equal``): a checkpoint holds the random generators (global, the loader's
 shuffling generator, the MONAI transforms') and a resume replays the saved epoch's loader up to the saved
-iteration. Every run here uses one torch thread, so the subprocess and this process compute bit-identically.
+iteration (SPADE: the patch stream from its start). Every run here uses one torch thread, so the subprocess and
+this process compute bit-identically.
 """
 
+import logging
 import os
 import signal
 import subprocess
@@ -175,3 +179,52 @@ def test_segmenter_interrupted_by_sigint_writes_checkpoint_final_and_resumes_exa
     with pytest.raises(ValueError, match=r"beyond the requested max_epochs=1.*resume=False"):
         _train_segmenter(roi_items, tmp_path / "run", max_epochs=1)
     assert _train_segmenter(roi_items, tmp_path / "run")[0]["iterations"] == 4
+
+
+# ---------------------------------------------------------------- SPADE (endless TorchIO patch stream)
+SPADE_ITERATIONS = 8  # 3 cases x 2 patches, batch 1: 6 iterations per pass over the queue
+
+
+def _train_spade(items, out_dir, signal_at=None):
+    """A tiny 3D SPADE run (16^3 patches, float32); ``signal_at=(k, sig)`` sends ``sig`` to this process during
+    the k-th generator forward pass, i.e. mid-iteration k."""
+    from synthcp3d.engines.spade import train_spade
+    from synthcp3d.networks import ConditionalDiscriminator, SPADEGenerator
+
+    torch.manual_seed(0)
+    g = SPADEGenerator(3, label_nc=3, ngf=4, num_up=2, hidden_channels=8)
+    d = ConditionalDiscriminator(3, label_nc=3, channels=4, num_d=2, num_layers_d=1)
+    if signal_at is not None:
+        forward, calls = g.forward, []
+
+        def signalling(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == signal_at[0]:
+                os.kill(os.getpid(), signal_at[1])  # a real signal to this process, mid-iteration
+            return forward(*args, **kwargs)
+
+        g.forward = signalling
+    result = train_spade(g, d, items, out_dir, iterations=SPADE_ITERATIONS, patch_size=(16, 16, 16),
+                         pixdim=(4.0, 4.0, 5.0), samples_per_volume=2, queue_length=6, l1_weight=10.0,
+                         amp_dtype="float32", checkpoint_every=4, log_every=100, progress=False)  # fmt: skip
+    return result, g, d
+
+
+def test_spade_interrupted_by_sigterm_resumes_to_the_uninterrupted_weights(roi_items, tmp_path, one_thread,
+                                                                           caplog):  # fmt: skip
+    _, ref_g, ref_d = _train_spade(roi_items, tmp_path / "ref")
+    with pytest.raises(TrainingInterrupted, match="SIGTERM"):
+        _train_spade(roi_items, tmp_path / "run", signal_at=(7, signal.SIGTERM))  # the 2nd pass over the queue
+    models = tmp_path / "run" / "models"
+    ckpt = torch.load(models / FINAL_CHECKPOINT, weights_only=True)
+    assert ckpt["engine"]["iteration"] == 7 and "stream" in ckpt["engine"]["rng"]
+    assert not (models / "generator.pt").exists()
+    with caplog.at_level(logging.INFO, logger="synthcp3d.engines.checkpoints"):
+        resumed, g, d = _train_spade(roi_items, tmp_path / "run")
+    assert resumed["start_iteration"] == 7 and resumed["iterations"] == SPADE_ITERATIONS
+    assert any("replaying 7 batches of the data stream" in m for m in caplog.messages)
+    # exact: the resumed run trained on the same 8th patch, with the same random streams, as the uninterrupted one
+    for net, ref in ((g, ref_g), (d, ref_d)):
+        for (k, a), b in zip(net.state_dict().items(), ref.state_dict().values(), strict=True):
+            assert torch.equal(a, b), k
+    assert any(not torch.equal(v, ckpt["generator"][k]) for k, v in g.state_dict().items())  # it trained further
