@@ -80,6 +80,7 @@ def load_failure_samples(
     num_classes: int = 19,
     ignore_index: int = 255,
     split: str | None = None,
+    pred_input: str = "onehot",
 ) -> list[dict]:
     """Load the comparator samples of a scene prediction index (sorted by case id).
 
@@ -88,6 +89,8 @@ def load_failure_samples(
             with the scene writer.
         synth_dir: folder of ``<case_id>/synth.png`` (``None``: no synthesized images, Direct Prediction only).
         split: keep only ``"cv"`` or ``"test"`` records (default all).
+        pred_input: the comparator's ŷ: ``"onehot"`` of the prediction (the paper's) or the segmenter's softmax
+            ``"probs"`` (its ``probs.npy``), which also carries the segmenter's own confidence.
 
     Returns:
         One dict per image: ``case_id``, ``split``, ``paths`` (the index record), ``image`` and ``synth``
@@ -99,6 +102,8 @@ def load_failure_samples(
     Raises:
         DataError: a missing or unreadable file, or a synthesized image of another size.
     """
+    if pred_input not in ("onehot", "probs"):
+        raise ValueError(f"pred_input must be 'onehot' or 'probs', got {pred_input!r}")
     out = []
     for cid, rec in sorted(_read_index(index).items()):
         if split is not None and rec.get("split") != split:
@@ -113,7 +118,8 @@ def load_failure_samples(
                 raise DataError(path, f"synthesized image {tuple(synth.shape)} does not match the input "
                                 f"{tuple(image.shape)} of case {cid!r}")  # fmt: skip
         s = {"case_id": cid, "split": rec.get("split"), "paths": dict(rec), "image": image, "synth": synth,
-             "probs": one_hot(pred, num_classes), "pred": pred, "label": None, "target": None,
+             "probs": one_hot(pred, num_classes) if pred_input == "onehot" else _softmax(rec, num_classes),
+             "pred": pred, "label": None, "target": None,
              "error": None, "ignore": None}  # fmt: skip
         if rec.get("label"):
             label = torch.from_numpy(read_png(rec["label"]).astype(np.int64))
@@ -125,6 +131,20 @@ def load_failure_samples(
     if not out:
         raise DataError(index if isinstance(index, (str, Path)) else None, f"no predictions with split={split!r}")
     return out
+
+
+def _softmax(rec: Mapping, num_classes: int) -> torch.Tensor:
+    """The record's ``probs.npy`` as float32 (C, H, W)."""
+    path = rec.get("probs")
+    if not path:
+        raise DataError(None, f"pred_input 'probs' needs the softmax: no probs path in {rec.get('image')!r}'s record")
+    try:
+        probs = torch.from_numpy(np.load(path).astype(np.float32))
+    except (OSError, ValueError) as e:
+        raise DataError(path, f"unreadable softmax ({e})") from None
+    if probs.shape[0] != num_classes:
+        raise DataError(path, f"{probs.shape[0]} softmax channels, expected {num_classes}")
+    return probs
 
 
 def _vae_masks(labels: Sequence[torch.Tensor], size: Sequence[int], num_classes: int, ignore_index: int | None):
@@ -298,6 +318,7 @@ def evaluate_index(
     vae: torch.nn.Module | None = None,
     split: str = "test",
     out_file: str | Path | None = None,
+    pred_input: str = "onehot",
     **kwargs,
 ) -> dict:
     """Load a prediction index's ``split`` samples and the detectors trained into ``models_dir`` (its
@@ -307,6 +328,7 @@ def evaluate_index(
     Args:
         networks, vae: untrained instances of the trained architectures (weights are loaded into them).
         out_file: also write the result as JSON.
+        pred_input: the comparators' ŷ, as they were trained (:func:`load_failure_samples`).
         kwargs: passed to :func:`evaluate_failure_detection` (``num_classes``, ``ignore_index``, ``methods``...).
 
     Returns:
@@ -319,7 +341,7 @@ def evaluate_index(
     need_synth = any(r != "direct" for r in nets)
     samples = load_failure_samples(index, synth_dir if need_synth else None, split=split,
                                    num_classes=kwargs.get("num_classes", 19),
-                                   ignore_index=kwargs.get("ignore_index", 255))  # fmt: skip
+                                   ignore_index=kwargs.get("ignore_index", 255), pred_input=pred_input)  # fmt: skip
     result = evaluate_failure_detection(samples, networks=nets, vae=vae_net,
                                         vae_regressor=manifest.get("vae_regressor"), **kwargs)  # fmt: skip
     result.update(index=str(index) if isinstance(index, (str, Path)) else None, models_dir=str(models_dir))
