@@ -100,8 +100,8 @@ DEFAULT_TEST_CASES = 8
 # Dice of the final and the fold segmenters (a Dice estimate) and MSP / entropy (confidences, CONFIDENCE_METHODS).
 # The alarm config computes the baselines for the held-out images only: the CV rows carry them as null ("–"), since
 # the fold models are no fair ensemble on the out-of-fold cases (each but the case's own fold trained on it).
-METHODS: tuple[str, ...] = ("synthcp", "direct_prediction", "vae_alarm", "ensemble", "ensemble_agreement", "msp",
-                            "entropy")  # fmt: skip
+METHODS: tuple[str, ...] = ("synthcp", "direct_prediction", "vae_alarm", "ensemble", "ensemble_weighted",
+                            "ensemble_agreement", "msp", "entropy")  # fmt: skip
 CONFIDENCE_METHODS: tuple[str, ...] = ("msp", "entropy")
 """Methods whose number is a confidence in [0, 1], not a Dice estimate: scored by ranking only (Pearson, Spearman,
 AURC, e-AURC); their MAE, STD and triage accuracy against the true Dice are NaN (undefined, "–")."""

@@ -28,7 +28,7 @@ import torch
 from synthcp3d.alarms.agreement import foreground_uncertainty, pairwise_dice_agreement
 from synthcp3d.alarms.augment import synthesize_crops
 from synthcp3d.alarms.comparator import predict_comparator
-from synthcp3d.alarms.ensemble import weighted_ensemble
+from synthcp3d.alarms.ensemble import mean_ensemble, weighted_ensemble
 from synthcp3d.alarms.pipeline import error_row, rows_for
 from synthcp3d.alarms.samples import CLASS_NAMES, build_samples, load_index
 from synthcp3d.alarms.vae import predict_dice_regressor, vae_features
@@ -415,9 +415,10 @@ def _alarm_case(item: dict, out: Path, cfg: Mapping, nets: Mapping, segment_roi_
         "vae_alarm": predict_dice_regressor(cfg["regressor"], vae_features(nets["vae"],
                                                                            [s["pred_mask"] for s in samples], **run)),
     }  # fmt: skip
+    preds["ensemble"] = mean_ensemble(preds["synthcp"], preds["vae_alarm"])
     w = cfg.get("ensemble_weight") or {}  # fit out-of-fold by ensemble_alarm_table; older models: the mean
-    preds["ensemble"] = weighted_ensemble(preds["synthcp"], preds["vae_alarm"],
-                                          np.array([w.get(c, 0.5) for c in CLASS_NAMES]))  # fmt: skip
+    preds["ensemble_weighted"] = weighted_ensemble(preds["synthcp"], preds["vae_alarm"],
+                                                   np.array([w.get(c, 0.5) for c in CLASS_NAMES]))  # fmt: skip
     undefined_ok: list[str] = []
     if not item.get("pred"):  # a user's label map has no probabilities and was not segmented by our models
         baselines, undefined_ok = _baselines(item, rec, out, nets, segment_roi_size, pixdim, hu, run)

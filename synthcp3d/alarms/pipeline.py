@@ -40,6 +40,7 @@ from synthcp3d.alarms.ensemble import (
     conformal_interval,
     conformal_quantile,
     fit_ensemble_weight,
+    mean_ensemble,
     review_flags,
     weighted_ensemble,
 )
@@ -58,7 +59,8 @@ logger = logging.getLogger(__name__)
 # max-softmax probability / 1 - normalised entropy over the predicted foreground; confidences, not Dice
 # estimates). The baselines are computed for new images only (inference.alarm_new_images); CV and test rows of
 # ensemble_alarm_table carry them as null ("absent", not "failed"), see rows_for.
-METHODS = ("direct_prediction", "vae_alarm", "synthcp", "ensemble", "ensemble_agreement", "msp", "entropy")
+METHODS = ("direct_prediction", "vae_alarm", "synthcp", "ensemble", "ensemble_weighted", "ensemble_agreement", "msp",
+           "entropy")
 
 ALARM_LAYOUT = """\
 <out>/fold_<k>/{synthcp,direct,vae}/models/   models trained without CV fold k (predict fold k)
@@ -381,10 +383,11 @@ def _matrix(doc: Mapping, ids: Sequence[str], method: str) -> np.ndarray:
 def ensemble_alarm_table(out_dir: str | Path, *, alpha: float = 0.1, review_threshold: float = 0.5) -> list[dict]:
     """Combine the two training stages' predictions into the alarm table.
 
-    Ensemble = ``w * SynthCP + (1 - w) * VAE alarm`` per class, ``w`` on a grid in [0, 1] fit out-of-fold
-    (:func:`~synthcp3d.alarms.ensemble.fit_ensemble_weight`: a CV case's weight from the other folds' cases,
-    test rows' and new images' from all CV cases; ``ensemble_weight`` in ``alarm_models.json``). The paper's
-    "simple ensemble" is ``w = 0.5``; with ~20 cases one member is often far better. Split-conformal intervals:
+    Ensemble = mean of SynthCP and VAE-alarm Dice (the paper's "simple ensemble", the headline that carries the
+    intervals and the review flag). Beside it, ``ensemble_weighted`` = ``w * SynthCP + (1 - w) * VAE alarm`` per
+    class, ``w`` on a grid in [0, 1] fit out-of-fold (:func:`~synthcp3d.alarms.ensemble.fit_ensemble_weight`: a CV
+    case's weight from the other folds' cases, test rows' and new images' from all CV cases; ``ensemble_weight``
+    in ``alarm_models.json``); with ~20 cases one member is often far better than the other. Split-conformal intervals:
     a CV row's quantile uses the ensemble's out-of-fold residuals of the CV cases outside its fold; test rows
     use all CV residuals (coverage >= 1 - alpha for exchangeable cases, per class).
 
@@ -425,7 +428,8 @@ def ensemble_alarm_table(out_dir: str | Path, *, alpha: float = 0.1, review_thre
     for g in np.unique(group[is_cv]):
         other = is_cv & (group != g)
         weights[group == g] = fit_ensemble_weight(preds["synthcp"][other], preds["vae_alarm"][other], true[other])
-    preds["ensemble"] = weighted_ensemble(preds["synthcp"], preds["vae_alarm"], weights)
+    preds["ensemble"] = mean_ensemble(preds["synthcp"], preds["vae_alarm"])
+    preds["ensemble_weighted"] = weighted_ensemble(preds["synthcp"], preds["vae_alarm"], weights)
     residuals = np.abs(preds["ensemble"][is_cv] - true[is_cv])
     q_all = _quantiles(residuals, alpha)
     if not np.isfinite(q_all).all():

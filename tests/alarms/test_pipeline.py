@@ -61,10 +61,11 @@ def test_rows_have_the_contract(table, samples):
                     continue
                 assert isinstance(r["predicted"][m][c], float) and _in01(r["predicted"][m][c])
             s_, v_ = r["predicted"]["synthcp"][c], r["predicted"]["vae_alarm"][c]
-            assert min(s_, v_) - 1e-9 <= r["predicted"]["ensemble"][c] <= max(s_, v_) + 1e-9  # a convex weight
+            assert r["predicted"]["ensemble"][c] == pytest.approx((s_ + v_) / 2)  # the paper's mean
+            wtd = r["predicted"]["ensemble_weighted"][c]
+            assert min(s_, v_) - 1e-9 <= wtd <= max(s_, v_) + 1e-9  # a convex weight
             if r["split"] == "test":  # the weight fit on all CV cases, kept for new images
-                w = weights[c]
-                assert r["predicted"]["ensemble"][c] == pytest.approx(w * s_ + (1 - w) * v_)
+                assert wtd == pytest.approx(weights[c] * s_ + (1 - weights[c]) * v_)
             lo, hi = r["interval"][c]
             assert 0.0 <= lo <= r["predicted"]["ensemble"][c] <= hi <= 1.0
             want = true[r["case_id"]][("pancreas", "tumour").index(c)]
@@ -425,7 +426,7 @@ BASELINES = ("ensemble_agreement", "msp", "entropy")
 
 
 def test_methods_end_with_the_baselines():
-    assert METHODS == ("direct_prediction", "vae_alarm", "synthcp", "ensemble", *BASELINES)
+    assert METHODS == ("direct_prediction", "vae_alarm", "synthcp", "ensemble", "ensemble_weighted", *BASELINES)
 
 
 def test_cv_and_test_rows_carry_the_baselines_as_absent(table):

@@ -72,7 +72,7 @@ def test_pipeline_configs_in_order(pancreas_roi, tmp_path):
     run(bundle_cmd([*base, "ensemble.json"], **common))
     rows = json.loads((tmp_path / "alarms/alarm_table.json").read_text())
     assert sorted(r["case_id"] for r in rows) == sorted(index)
-    methods = {"direct_prediction", "vae_alarm", "synthcp", "ensemble"}
+    methods = {"direct_prediction", "vae_alarm", "synthcp", "ensemble", "ensemble_weighted"}
     baselines = {"ensemble_agreement", "msp", "entropy"}  # label-free baselines: new images only
     for row in rows:
         assert set(row["predicted"]) == methods | baselines

@@ -107,7 +107,7 @@ def _infer(server, model: str, image: str, output: str = "all", params: dict | N
 def _check_alarm_json(res: dict, settings: dict, case_id: str) -> None:
     """The JSON fields and their ranges, the ensemble and interval recomputed by hand."""
     assert res["case_id"] == case_id and res["profile"] == "tiny"
-    assert set(res["predicted"]) == {*METHODS, "ensemble_agreement", "msp", "entropy"}
+    assert set(res["predicted"]) == {*METHODS, "ensemble_weighted", "ensemble_agreement", "msp", "entropy"}
     for c in ("pancreas", "tumour"):
         for m in METHODS:
             assert 0.0 <= res["predicted"][m][c] <= 1.0

@@ -18,7 +18,7 @@ from synthcp3d.monailabel.service import (
     export_volume,
 )
 
-METHODS = ("direct_prediction", "vae_alarm", "synthcp", "ensemble")
+METHODS = ("direct_prediction", "vae_alarm", "synthcp", "ensemble", "ensemble_weighted")
 
 
 @pytest.fixture(scope="module")
