@@ -24,6 +24,10 @@ METHOD_LABELS: dict[str, str] = {
     "vae_alarm": "VAE alarm",
     "synthcp": "SynthCP",
     "ensemble": "SynthCP + VAE",
+    "ensemble_weighted": "SynthCP + VAE, weighted",
+    "ensemble_agreement": "Ensemble agreement",
+    "msp": "MSP (confidence)",
+    "entropy": "Entropy (confidence)",
 }
 CLASSES: tuple[str, ...] = ("tumour", "pancreas")
 METRICS: tuple[str, ...] = ("mae", "std", "pearson", "spearman", "triage_accuracy", "triage_bad_recall")
@@ -130,6 +134,8 @@ def format_summary(summary: dict) -> str:
         head = "".join(f"  {h:>6}" for h in ("MAE", "STD", "P.C.", "S.C.", "Triage", "AURC", "e-AURC"))
         lines.append(f"  {'Method':<{width}}{head}  {'n':>4}")
         for m, c in cells.items():
+            if not c["n"]:  # a method these cases do not have (e.g. the new-image baselines on CV cases)
+                continue
             lines.append(f"  {METHOD_LABELS.get(m, m):<{width}}  {_fmt(c['mae'])}  {_fmt(c['std'])}  "
                          f"{_fmt(c['pearson'])}  {_fmt(c['spearman'])}  {_fmt(c['triage_accuracy'])}  "
                          f"{_fmt(c.get('aurc'))}  {_fmt(c.get('eaurc'))}  {c['n']:>4}")
