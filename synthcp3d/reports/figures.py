@@ -266,7 +266,8 @@ def render_scatter(rows: list[dict], summary: dict, cls: str = "tumour") -> byte
 
 
 _METHOD_COLORS = {"direct_prediction": "tab:blue", "vae_alarm": "tab:orange", "synthcp": "tab:green",
-                  "ensemble": "tab:red"}
+                  "ensemble": "tab:red", "ensemble_weighted": "tab:purple", "ensemble_agreement": "tab:brown",
+                  "msp": "tab:pink", "entropy": "tab:olive"}  # fmt: skip
 
 
 def render_risk_coverage(rows: list[dict], summary: dict, cls: str = "tumour") -> bytes | None:
