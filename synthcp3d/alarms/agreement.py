@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["REGIONS", "foreground_uncertainty", "pairwise_dice_agreement", "region_masks"]
+__all__ = ["REGIONS", "foreground_uncertainty", "nifti_uncertainty", "pairwise_dice_agreement", "region_masks"]
 
 Regions = Sequence[tuple[str, Sequence[int]]]
 
@@ -123,3 +124,13 @@ def foreground_uncertainty(probs: np.ndarray | torch.Tensor, pred: np.ndarray | 
             out["msp"][k] = float(msp[sel].mean())
             out["entropy"][k] = float(1.0 - ent[sel].mean())
     return out
+
+
+def nifti_uncertainty(pred: str | Path, probs: str | Path, classes: Regions = REGIONS) -> dict[str, np.ndarray]:
+    """:func:`foreground_uncertainty` of a saved segmentation: ``pred.nii.gz`` (*S) and the ``probs.nii.gz``
+    (*S, C) :func:`~synthcp3d.engines.segmentation.predict_volumes` writes next to it."""
+    from synthcp3d.data.msd import read_volume
+
+    lab = np.asarray(read_volume(pred)[0])
+    p = np.moveaxis(np.asarray(read_volume(probs)[0], np.float32), -1, 0)  # (X, Y, Z, C) -> (C, X, Y, Z)
+    return foreground_uncertainty(p, lab, classes)

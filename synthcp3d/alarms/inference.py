@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from synthcp3d.alarms.agreement import foreground_uncertainty, pairwise_dice_agreement
+from synthcp3d.alarms.agreement import nifti_uncertainty, pairwise_dice_agreement
 from synthcp3d.alarms.augment import synthesize_crops
 from synthcp3d.alarms.comparator import predict_comparator
 from synthcp3d.alarms.ensemble import mean_ensemble, weighted_ensemble
@@ -449,8 +449,7 @@ def _baselines(item: Mapping, rec: Mapping, out: Path, nets: Mapping, segment_ro
     pred = None
     try:
         pred = np.asarray(read_volume(rec["pred"])[0])
-        probs = np.moveaxis(np.asarray(read_volume(rec["probs"])[0], np.float32), -1, 0)  # (X, Y, Z, C) -> (C, ...)
-        unc = foreground_uncertainty(probs, pred)
+        unc = nifti_uncertainty(rec["pred"], rec["probs"])
         preds["msp"], preds["entropy"] = unc["msp"][None], unc["entropy"][None]
         undefined = ["msp", "entropy"]  # NaN = nothing predicted in the region
     except Exception as e:  # noqa: BLE001 - a baseline failing leaves the alarm of the case standing

@@ -57,8 +57,8 @@ logger = logging.getLogger(__name__)
 # The SynthCP alarms, then the label-free baselines of synthcp3d.alarms.agreement (Zenk et al., MedIA 2025):
 # "ensemble_agreement" (mean pairwise Dice among the final and the fold segmenters), "msp" and "entropy" (mean
 # max-softmax probability / 1 - normalised entropy over the predicted foreground; confidences, not Dice
-# estimates). The baselines are computed for new images only (inference.alarm_new_images); CV and test rows of
-# ensemble_alarm_table carry them as null ("absent", not "failed"), see rows_for.
+# estimates). MSP / entropy come from the saved softmax of every row; agreement is computed for new images only
+# (inference.alarm_new_images): CV and test rows of ensemble_alarm_table carry it as null ("absent"), see rows_for.
 METHODS = ("direct_prediction", "vae_alarm", "synthcp", "ensemble", "ensemble_weighted", "ensemble_agreement", "msp",
            "entropy")
 
@@ -330,12 +330,11 @@ def rows_for(
     number for it; for the ``undefined_ok`` ones a NaN is an undefined value, not a failure (MSP / entropy over
     an empty predicted region).
 
-    The baselines "ensemble_agreement", "msp" and "entropy" are not in the ``preds`` of
-    :func:`ensemble_alarm_table`, so its CV and test rows carry them as null. On the out-of-fold CV cases the
-    fold segmenters are NOT a fair ensemble: every fold model but the case's own was trained on that case, so
-    they would agree on it too well; agreement is computed for new images only
-    (:func:`~synthcp3d.alarms.inference.alarm_new_images`). MSP / entropy from the saved out-of-fold
-    ``probs.nii.gz`` of the CV cases would be fair but are not computed here either."""
+    "ensemble_agreement" is not in the ``preds`` of :func:`ensemble_alarm_table`, so its CV and test rows carry it
+    as null: on the out-of-fold CV cases the fold segmenters are NOT a fair ensemble (every fold model but the
+    case's own was trained on that case, so they would agree on it too well); agreement is computed for new images
+    only (:func:`~synthcp3d.alarms.inference.alarm_new_images`). MSP / entropy of the saved out-of-fold
+    ``probs.nii.gz`` are fair and computed for every row."""
     review = review_flags(preds["ensemble"][:, CLASS_NAMES.index("tumour")], review_threshold)
     required = [m for m in METHODS if m not in absent and m in preds]
     nulls = {n: None for n in CLASS_NAMES}
@@ -367,6 +366,20 @@ def error_row(case_id: str, image: str | None, error: str, alpha: float, split: 
             "label": None, "true": dict(nulls), "predicted": {m: dict(nulls) for m in METHODS},
             "interval": {n: [None, None] for n in CLASS_NAMES}, "coverage": 1.0 - alpha, "review": True,
             "status": "error", "error": error, "failed_methods": list(METHODS)}  # fmt: skip
+
+
+def _saved_uncertainty(paths: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """MSP / entropy confidences (2,) of a case's saved ``pred`` and ``probs``; NaN without a readable softmax."""
+    from synthcp3d.alarms.agreement import nifti_uncertainty
+
+    nan = {"msp": np.full(len(CLASS_NAMES), np.nan), "entropy": np.full(len(CLASS_NAMES), np.nan)}
+    if not paths.get("probs"):
+        return nan
+    try:
+        return nifti_uncertainty(paths["pred"], paths["probs"])
+    except (DataError, ValueError) as e:
+        logger.warning("%s: no MSP / entropy (%s)", paths["probs"], e)
+        return nan
 
 
 def _quantiles(residuals: np.ndarray, alpha: float) -> np.ndarray:
@@ -430,6 +443,10 @@ def ensemble_alarm_table(out_dir: str | Path, *, alpha: float = 0.1, review_thre
         weights[group == g] = fit_ensemble_weight(preds["synthcp"][other], preds["vae_alarm"][other], true[other])
     preds["ensemble"] = mean_ensemble(preds["synthcp"], preds["vae_alarm"])
     preds["ensemble_weighted"] = weighted_ensemble(preds["synthcp"], preds["vae_alarm"], weights)
+    # MSP / entropy of the segmenter's own softmax: out-of-fold for CV cases, so fair here (unlike agreement)
+    unc = [_saved_uncertainty(comp["cases"][c]["paths"]) for c in ids]
+    for m in ("msp", "entropy"):
+        preds[m] = np.array([u[m] for u in unc], dtype=np.float64).reshape(len(ids), len(CLASS_NAMES))
     residuals = np.abs(preds["ensemble"][is_cv] - true[is_cv])
     q_all = _quantiles(residuals, alpha)
     if not np.isfinite(q_all).all():
@@ -440,7 +457,8 @@ def ensemble_alarm_table(out_dir: str | Path, *, alpha: float = 0.1, review_thre
     for i in np.flatnonzero(is_cv):
         q[i] = _quantiles(residuals[cv_group != group[i]], alpha)
     rows = rows_for({c: comp["cases"][c] for c in ids}, preds, q, out / "error_maps", alpha, review_threshold,
-                    absent=() if comp["settings"]["direct"] else ("direct_prediction",))
+                    absent=() if comp["settings"]["direct"] else ("direct_prediction",),
+                    undefined_ok=("msp", "entropy"))  # fmt: skip
     settings = {**{k: comp["settings"][k] for k in (*crop_keys, "pred_input")},
                 "regressor": vae["settings"]["regressor"],
                 "conformal_q": {n: _num(q_all[k]) for k, n in enumerate(CLASS_NAMES)}, "alpha": alpha,
