@@ -73,10 +73,12 @@ def test_pipeline_configs_in_order(pancreas_roi, tmp_path):
     rows = json.loads((tmp_path / "alarms/alarm_table.json").read_text())
     assert sorted(r["case_id"] for r in rows) == sorted(index)
     methods = {"direct_prediction", "vae_alarm", "synthcp", "ensemble", "ensemble_weighted"}
-    baselines = {"ensemble_agreement", "msp", "entropy"}  # label-free baselines: new images only
+    baselines = {"ensemble_agreement", "msp", "entropy"}  # agreement: new images only; MSP / entropy: every row
     for row in rows:
         assert set(row["predicted"]) == methods | baselines
-        assert all(row["predicted"][m]["tumour"] is None for m in baselines)
+        assert row["predicted"]["ensemble_agreement"]["tumour"] is None
+        assert all(row["predicted"][m]["pancreas"] is None or 0.0 <= row["predicted"][m]["pancreas"] <= 1.0
+                   for m in ("msp", "entropy"))  # fmt: skip
         assert all(0.0 <= row["predicted"][m]["tumour"] <= 1.0 for m in methods)
         lo, hi = row["interval"]["tumour"]
         assert 0.0 <= lo <= hi <= 1.0
