@@ -126,11 +126,12 @@ def foreground_uncertainty(probs: np.ndarray | torch.Tensor, pred: np.ndarray | 
     return out
 
 
-def nifti_uncertainty(pred: str | Path, probs: str | Path, classes: Regions = REGIONS) -> dict[str, np.ndarray]:
-    """:func:`foreground_uncertainty` of a saved segmentation: ``pred.nii.gz`` (*S) and the ``probs.nii.gz``
-    (*S, C) :func:`~synthcp3d.engines.segmentation.predict_volumes` writes next to it."""
+def nifti_uncertainty(pred: str | Path | np.ndarray, probs: str | Path,
+                      classes: Regions = REGIONS) -> dict[str, np.ndarray]:  # fmt: skip
+    """:func:`foreground_uncertainty` of a saved segmentation: ``pred.nii.gz`` (*S; or its array, already read)
+    and the ``probs.nii.gz`` (*S, C) :func:`~synthcp3d.engines.segmentation.predict_volumes` writes next to it."""
     from synthcp3d.data.msd import read_volume
 
-    lab = np.asarray(read_volume(pred)[0])
+    lab = np.asarray(pred) if isinstance(pred, np.ndarray) else np.asarray(read_volume(pred)[0])
     p = np.moveaxis(np.asarray(read_volume(probs)[0], np.float32), -1, 0)  # (X, Y, Z, C) -> (C, X, Y, Z)
     return foreground_uncertainty(p, lab, classes)

@@ -449,7 +449,7 @@ def _baselines(item: Mapping, rec: Mapping, out: Path, nets: Mapping, segment_ro
     pred = None
     try:
         pred = np.asarray(read_volume(rec["pred"])[0])
-        unc = nifti_uncertainty(rec["pred"], rec["probs"])
+        unc = nifti_uncertainty(pred, rec["probs"])  # the segmentation read once, for agreement below too
         preds["msp"], preds["entropy"] = unc["msp"][None], unc["entropy"][None]
         undefined = ["msp", "entropy"]  # NaN = nothing predicted in the region
     except Exception as e:  # noqa: BLE001 - a baseline failing leaves the alarm of the case standing
